@@ -1,0 +1,1 @@
+"""The `workbench` command line: one module per verb group, wired in `main.py`."""
