@@ -1,0 +1,24 @@
+"""Sparse kernels for the SAE hot paths, each beside its plain-torch reference.
+
+    from workbench.kernels import sparse_decode, topk_encode, use, active_backend
+
+    y = sparse_decode(acts, indices, W_dec, b_dec=None)          # [N, k] codes -> [N, d_out]
+    vals, idx, aux_vals, aux_idx = topk_encode(x, W_enc, b_enc, k, dead_mask=None, k_aux=0, absolute=False)
+    with use("reference"):                                       # or "triton" / "auto"
+        ...
+    active_backend("sparse_decode", device, dtype)               # -> "reference" | "triton"
+
+Each op lives in its own folder, `decode/` and `encode/` (topk_encode's folder is not
+named `topk_encode`, which would shadow the function once imported): `reference.py`
+(plain torch, fp32 accumulation: the spec), `triton.py` (the kernels and their
+launchers), `op.py` (autograd for the reference; torch.library custom op + fake +
+autograd for the Triton path). `dispatch.py` picks the
+backend lazily per (op, device type, dtype): Triton on CUDA, the reference elsewhere;
+`WORKBENCH_KERNELS=reference|triton|auto` or `use(...)` override it. Importing this
+package imports neither triton nor the op modules.
+"""
+
+from workbench.kernels.api import sparse_decode, topk_encode
+from workbench.kernels.dispatch import active_backend, use
+
+__all__ = ["sparse_decode", "topk_encode", "use", "active_backend"]

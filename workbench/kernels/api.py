@@ -1,0 +1,145 @@
+"""The public sparse ops: boundary checks, backend dispatch, and the lean no-grad path.
+
+`sparse_decode` and `topk_encode` validate their inputs (shapes, dtypes, k ranges; index
+ranges on CPU, where checking is cheap), ask `dispatch.active_backend` which backend runs,
+and call it:
+- reference: the autograd.Function over `reference.py`;
+- triton: the torch.library custom op (autograd + fake registered), or, when no gradient
+  is needed and torch.compile is not tracing, the Triton launcher directly. That lean path
+  skips the custom-op and autograd boundaries (~10 us per call measured elsewhere), which
+  matters for one-token inspection.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.kernels.dispatch import active_backend
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_INDEX_DTYPES = (torch.int64, torch.int32)
+_modules: dict[str, object] = {}
+
+
+def _module(name: str):
+    # Imported on first use so that `import workbench.kernels` stays free of side effects.
+    module = _modules.get(name)
+    if module is None:
+        module = _modules[name] = importlib.import_module(f"workbench.kernels.{name}")
+    return module
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _check_indices(indices: torch.Tensor, n_latents: int, what: str) -> None:
+    # Only on CPU: on CUDA the check would synchronise every call. The Triton kernels skip
+    # out-of-range indices (they never read outside W); the reference raises from indexing.
+    if indices.device.type == "cpu" and indices.numel() > 0:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= n_latents:
+            raise WorkbenchError(
+                f"{what} holds latent ids in [{low}, {high}] but the dictionary has {n_latents} latents; "
+                f"expected ids in [0, {n_latents - 1}]"
+            )
+
+
+def sparse_decode(
+    acts: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y[n] = sum_j acts[n, j] * W_dec[indices[n, j]] (+ b_dec): the sparse decoder of a TopK-style SAE.
+
+    acts [N, k] float (fp32/bf16/fp16), indices [N, k] int64 or int32, W_dec [d_sae, d_out]
+    (its dtype may differ from acts', e.g. fp32 weights with bf16 codes under autocast),
+    b_dec [d_out] or None. Returns y [N, d_out] in acts' dtype, summed in fp32.
+    Differentiable in acts, W_dec and b_dec; the backward touches only the named rows of
+    W_dec (d acts = gathered dot products, d W_dec = rows accumulated latent by latent).
+    """
+    if acts.dim() != 2 or indices.shape != acts.shape:
+        raise WorkbenchError(
+            f"sparse_decode expects acts and indices of one shape [N, k]; got acts {tuple(acts.shape)} "
+            f"and indices {tuple(indices.shape)}"
+        )
+    if W_dec.dim() != 2:
+        raise WorkbenchError(f"sparse_decode expects W_dec [d_sae, d_out]; got shape {tuple(W_dec.shape)}")
+    if acts.dtype not in _FLOAT_DTYPES or W_dec.dtype not in _FLOAT_DTYPES:
+        raise WorkbenchError(f"sparse_decode expects floating acts and W_dec; got {acts.dtype} and {W_dec.dtype}")
+    if indices.dtype not in _INDEX_DTYPES:
+        raise WorkbenchError(f"sparse_decode expects int64 or int32 indices; got {indices.dtype}")
+    if b_dec is not None and tuple(b_dec.shape) != (W_dec.shape[1],):
+        raise WorkbenchError(f"sparse_decode expects b_dec [{W_dec.shape[1]}]; got shape {tuple(b_dec.shape)}")
+    if not (acts.device == indices.device == W_dec.device) or (b_dec is not None and b_dec.device != W_dec.device):
+        raise WorkbenchError("sparse_decode expects acts, indices, W_dec and b_dec on one device")
+    _check_indices(indices, W_dec.shape[0], "indices")
+
+    backend = active_backend("sparse_decode", acts.device, acts.dtype)
+    if backend == "triton":
+        if not _needs_grad(acts, W_dec, b_dec) and not torch.compiler.is_compiling():
+            return _module("decode.triton").decode_forward(acts, indices, W_dec, b_dec)
+        return _module("decode.op").sparse_decode_op(acts, indices, W_dec, b_dec)
+    return _module("decode.op").ReferenceDecode.apply(acts, indices, W_dec, b_dec)
+
+
+def topk_encode(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    *,
+    dead_mask: torch.Tensor | None = None,
+    k_aux: int = 0,
+    absolute: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The TopK encoder: pre = x @ W_enc + b_enc, then the k largest per row.
+
+    x [N, d_in], W_enc [d_in, d_sae] (a transposed view of a [d_sae, d_in] tensor is the
+    fastest layout for the backward), b_enc [d_sae].
+    absolute=False (TopK): the k largest pre, values through a ReLU (>= 0);
+    absolute=True (AbsTopK): the k largest |pre|, sign kept.
+    dead_mask [d_sae] bool with k_aux > 0 also returns the k_aux largest among dead latents
+    (AuxK), ranked and activated the same way; otherwise aux tensors are empty [N, 0].
+    Returns (vals [N, k], idx [N, k] int64, aux_vals [N, k_aux], aux_idx [N, k_aux] int64),
+    values in x's dtype (the autocast dtype under autocast), slots in ascending latent order.
+    The backward never builds a dense [N, d_sae] gradient.
+    """
+    if x.dim() != 2 or W_enc.dim() != 2 or b_enc.dim() != 1:
+        raise WorkbenchError(
+            f"topk_encode expects x [N, d_in], W_enc [d_in, d_sae], b_enc [d_sae]; got {tuple(x.shape)}, "
+            f"{tuple(W_enc.shape)}, {tuple(b_enc.shape)}"
+        )
+    d_in, d_sae = W_enc.shape
+    if x.shape[1] != d_in or b_enc.shape[0] != d_sae:
+        raise WorkbenchError(
+            f"topk_encode: x has width {x.shape[1]}, W_enc is [{d_in}, {d_sae}], b_enc has {b_enc.shape[0]} "
+            "entries; expected x [N, d_in], W_enc [d_in, d_sae], b_enc [d_sae]"
+        )
+    if not (1 <= int(k) <= d_sae):
+        raise WorkbenchError(f"topk_encode expects 1 <= k <= d_sae = {d_sae}; got k = {k}")
+    if not (0 <= int(k_aux) <= d_sae):
+        raise WorkbenchError(f"topk_encode expects 0 <= k_aux <= d_sae = {d_sae}; got k_aux = {k_aux}")
+    if dead_mask is not None and (dead_mask.dtype != torch.bool or tuple(dead_mask.shape) != (d_sae,)):
+        raise WorkbenchError(
+            f"topk_encode expects dead_mask as a [d_sae] = [{d_sae}] bool tensor; got {dead_mask.dtype} "
+            f"{tuple(dead_mask.shape)}"
+        )
+    for name, tensor in (("x", x), ("W_enc", W_enc), ("b_enc", b_enc)):
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise WorkbenchError(f"topk_encode expects a floating {name}; got {tensor.dtype}")
+    devices = {x.device, W_enc.device, b_enc.device} | ({dead_mask.device} if dead_mask is not None else set())
+    if len(devices) != 1:
+        raise WorkbenchError("topk_encode expects x, W_enc, b_enc and dead_mask on one device")
+    if torch.is_autocast_enabled(x.device.type):
+        # The GEMM runs in the autocast dtype, as nn.Linear would under autocast.
+        x = x.to(torch.get_autocast_dtype(x.device.type))
+    k, k_aux = int(k), int(k_aux) if dead_mask is not None else 0
+
+    backend = active_backend("topk_encode", x.device, x.dtype)
+    if backend == "triton":
+        if not _needs_grad(x, W_enc, b_enc) and not torch.compiler.is_compiling():
+            return _module("encode.triton").encode_forward(x, W_enc, b_enc, k, dead_mask, k_aux, absolute)
+        return _module("encode.op").topk_encode_op(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
+    return _module("encode.op").ReferenceTopKEncode.apply(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
