@@ -1,0 +1,177 @@
+"""The two sparse operations the dictionaries lean on: TopK selection and sparse decoding.
+
+`topk_encode` and `sparse_decode` run the Triton kernels of `workbench.kernels` wherever
+that package would use them (CUDA, or forced), and otherwise the local torch versions
+below, which compute the same thing (they are checked against the kernels' reference in
+the tests). The choice is made once per (op, device, dtype) and logged; the first call of
+a kernel is also checked against the local version, and a kernel that fails is dropped
+for it with a warning (DESIGN.md: kernel dispatch is the one place a fallback is allowed,
+and it logs). `ragged_decode` serves codes with a variable number of active latents.
+
+Shapes: x [N, d_in], W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_out],
+acts / indices [N, k] (indices int64).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+_CHOICES: dict[tuple, str] = {}
+
+
+def _choose(op: str, tensor: torch.Tensor) -> str:
+    """'kernels' when workbench.kernels would run its Triton kernel for this device/dtype,
+    else 'local' (cached per (op, device type, dtype), logged once).
+
+    On CPU the kernels package runs its reference, which computes the same values as the
+    local versions here but more slowly (it gathers [chunk, k, d] blocks where the local
+    decode uses embedding_bag), so the local versions serve there.
+    """
+    key = (op, tensor.device.type, tensor.dtype)
+    if key not in _CHOICES:
+        try:
+            from workbench.kernels import active_backend  # noqa: PLC0415 (optional sibling package)
+
+            backend = active_backend(op, tensor.device, tensor.dtype)
+        except ImportError:
+            backend = "unavailable"
+        _CHOICES[key] = "kernels" if backend == "triton" else "local"
+        log.info("sae: %s on %s/%s uses the %s implementation (kernels backend: %s)",
+                 op, key[1], key[2], _CHOICES[key], backend)
+    return _CHOICES[key]
+
+
+def _verified(op: str, tensor: torch.Tensor, fast, slow, compare) -> object:
+    """Run the kernel; on its first use per (op, device, dtype) also run the local version
+    and compare. A kernel that raises or disagrees is dropped for the local version, with
+    a warning: a training run on a new machine must not die or drift on a kernel bug."""
+    key = (op, tensor.device.type, tensor.dtype)
+    if _CHOICES.get(key) == "verified":
+        return fast()
+    try:
+        result = fast()
+        with torch.no_grad():
+            ok, detail = compare(result, slow())
+    except Exception as error:  # noqa: BLE001 (any kernel failure means: use the local path)
+        ok, detail, result = False, f"{type(error).__name__}: {error}", None
+    if ok:
+        _CHOICES[key] = "verified"
+        return result
+    log.warning("sae: the %s kernel on %s/%s failed its first-use check (%s); using the local version",
+                op, key[1], key[2], detail)
+    _CHOICES[key] = "local"
+    return slow()
+
+
+def local_sparse_decode(
+    acts: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y[n] = sum_j acts[n, j] * W_dec[indices[n, j]] (+ b_dec): [N, k] x [d_sae, d_out] -> [N, d_out].
+
+    On CPU an `embedding_bag` (no [N, k, d_out] gather in memory, sparse-friendly backward);
+    on GPU a scatter into a dense [N, d_sae] code and one matmul, which autocasts to bf16
+    (CUDA's embedding_bag has no bf16 backward for per-sample weights).
+    """
+    if acts.shape[-1] == 0:
+        out = acts.new_zeros(acts.shape[0], W_dec.shape[1], dtype=W_dec.dtype)
+    elif acts.device.type == "cpu":
+        out = F.embedding_bag(indices, W_dec, per_sample_weights=acts.to(W_dec.dtype), mode="sum")
+    else:
+        dense = torch.zeros(acts.shape[0], W_dec.shape[0], dtype=W_dec.dtype, device=acts.device)
+        dense = dense.scatter(1, indices, acts.to(W_dec.dtype))
+        out = dense @ W_dec
+    return out if b_dec is None else out + b_dec
+
+
+def ragged_decode(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    vals: torch.Tensor,
+    n_rows: int,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Decode a variable number of active latents per row: entries (rows, cols, vals) [E],
+    rows sorted ascending, into [n_rows, d_out] (+ b_dec). BatchTopK, JumpReLU and
+    Matryoshka codes have no fixed k per token, so they come here instead of sparse_decode.
+    """
+    if rows.device.type == "cpu":
+        counts = torch.bincount(rows, minlength=n_rows)
+        offsets = torch.cumsum(counts, 0) - counts
+        out = F.embedding_bag(cols, W_dec, offsets, per_sample_weights=vals.to(W_dec.dtype), mode="sum")
+    else:
+        dense = torch.zeros(n_rows, W_dec.shape[0], dtype=W_dec.dtype, device=W_dec.device)
+        dense = dense.index_put((rows, cols), vals.to(W_dec.dtype))
+        out = dense @ W_dec
+    return out if b_dec is None else out + b_dec
+
+
+def local_topk_encode(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    k: int,
+    *,
+    dead_mask: torch.Tensor | None = None,
+    k_aux: int = 0,
+    absolute: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """pre = x @ W_enc + b_enc; the top k per row (ReLU'd), or by |pre| with sign kept.
+
+    Returns (vals [N,k], idx [N,k], aux_vals [N,k_aux] | None, aux_idx | None); the aux pair
+    is the top k_aux of `pre` among the latents where dead_mask [d_sae] is True (AuxK).
+    """
+    pre = x @ W_enc + b_enc
+    if absolute:
+        idx = pre.abs().topk(k, dim=-1, sorted=False).indices
+        vals = pre.gather(-1, idx)
+    else:
+        vals, idx = pre.topk(k, dim=-1, sorted=False)
+        vals = vals.relu()
+    aux_vals = aux_idx = None
+    if k_aux > 0 and dead_mask is not None:
+        score = pre.abs() if absolute else pre
+        masked = score.masked_fill(~dead_mask, float("-inf"))
+        aux_idx = masked.topk(k_aux, dim=-1, sorted=False).indices
+        aux_vals = pre.gather(-1, aux_idx)
+        if not absolute:
+            aux_vals = aux_vals.relu()
+    return vals, idx, aux_vals, aux_idx
+
+
+def sparse_decode(acts, indices, W_dec, b_dec=None):
+    """Dispatching sparse decode (see local_sparse_decode for the contract)."""
+    if _choose("sparse_decode", acts) == "local":
+        return local_sparse_decode(acts, indices, W_dec, b_dec)
+    from workbench.kernels import sparse_decode as kernel  # noqa: PLC0415
+
+    def compare(fast, slow):
+        err = float((fast.float() - slow.float()).abs().max()) if fast.numel() else 0.0
+        scale = float(slow.float().abs().max()) if slow.numel() else 1.0
+        return err <= 2e-2 * max(scale, 1.0), f"max abs diff {err:.3g}"
+
+    return _verified("sparse_decode", acts, lambda: kernel(acts, indices, W_dec, b_dec),
+                     lambda: local_sparse_decode(acts, indices, W_dec, b_dec), compare)
+
+
+def topk_encode(x, W_enc, b_enc, k, *, dead_mask=None, k_aux=0, absolute=False):
+    """Dispatching TopK encoder (see local_topk_encode for the contract)."""
+    kwargs = {"dead_mask": dead_mask, "k_aux": k_aux, "absolute": absolute}
+    if _choose("topk_encode", x) == "local":
+        return local_topk_encode(x, W_enc, b_enc, k, **kwargs)
+    from workbench.kernels import topk_encode as kernel  # noqa: PLC0415
+
+    def compare(fast, slow):
+        a = fast[0].float().sort(dim=-1).values
+        b = slow[0].float().sort(dim=-1).values
+        err = float((a - b).abs().max()) if a.numel() else 0.0
+        scale = float(b.abs().max()) if b.numel() else 1.0
+        return err <= 2e-2 * max(scale, 1.0), f"max abs diff of the top-k values {err:.3g}"
+
+    return _verified("topk_encode", x, lambda: kernel(x, W_enc, b_enc, k, **kwargs),
+                     lambda: local_topk_encode(x, W_enc, b_enc, k, **kwargs), compare)
