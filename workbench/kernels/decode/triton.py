@@ -1,0 +1,371 @@
+"""Triton kernels for sparse decode and the two sparse-backward primitives it shares with the encoder.
+
+Three kernels, each with a launcher that has the shape contract of its reference twin in
+`reference.py` (gather_sum, gather_dot, scatter_rows):
+
+- `_gather_sum_kernel` (decode forward, encoder dx): out[n] = sum_j c[n, j] * T[idx[n, j]].
+  One program per (tile of BLOCK_N rows, block of BLOCK_D columns), looping over the k slots
+  UNROLL at a time so that several gathered row segments are in flight; fp32 accumulation in
+  registers. Programs are numbered row-tile fastest, so the programs resident at one time
+  share a column block: when each row's slots are in ascending latent order (as topk_encode
+  returns them) they walk the dictionary in near lockstep and a row segment one token reads
+  is often still in L2 when another token needs it. Zero coefficients skip their load.
+- `_gather_dot_kernel` (decode d_acts when W_dec needs no gradient): out[n, j] = <r[n], T[idx[n, j]]>.
+- `_scatter_rows_kernel` (decode dW_dec, encoder dW_enc / db_enc): out[l] = sum over pairs with
+  idx == l of c * r[n]. The (row, slot) pairs are sorted by latent (torch.sort) so that each
+  program owns BLOCK_L consecutive latents and the contiguous run of pairs naming them: it
+  accumulates its [BLOCK_L, BLOCK_D] tile of out with one-hot matrix products on the tensor
+  cores (S^T @ R, S holding each pair's coefficient in its latent's column), writes every row
+  of its tile once (zeros for latents nobody named), and never uses atomics. Fused options:
+  the dot products <r[n], T[l]> of every pair (decode d_acts, with T = W_dec, read once per
+  latent instead of once per pair) and the per-latent coefficient sums (encoder db_enc).
+  Products run on bf16/fp16 operands when codes and rows are half precision (fp32 weights
+  are rounded to that dtype for the fused dot, as autocast would round them), and on fp32
+  operands with 3xTF32 otherwise; accumulation is always fp32.
+
+Out-of-range indices are skipped (they contribute nothing and are never dereferenced).
+Every kernel overwrites its outputs completely, so the tuner may launch it repeatedly.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from workbench.kernels import _interpreter
+from workbench.kernels.tuning import Tuner, bucket, launch_args
+
+_interpreter.install()
+
+
+@triton.jit
+def _gather_sum_kernel(
+    coef_ptr, idx_ptr, table_ptr, bias_ptr, out_ptr,
+    N, K, M, D,
+    stride_cn, stride_ck, stride_in, stride_ik, stride_tm, stride_td, stride_b, stride_on, stride_od,
+    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    row_ok = rows < N
+    col_ok = cols < D
+    rows64 = rows.to(tl.int64)
+    acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for j0 in range(0, K, UNROLL):
+        for u in tl.static_range(UNROLL):
+            slot_ok = row_ok & (j0 + u < K)
+            latent = tl.load(idx_ptr + rows64 * stride_in + (j0 + u) * stride_ik, mask=slot_ok, other=0).to(tl.int64)
+            coef = tl.load(coef_ptr + rows64 * stride_cn + (j0 + u) * stride_ck, mask=slot_ok, other=0.0).to(tl.float32)
+            live = slot_ok & (coef != 0.0) & (latent >= 0) & (latent < M)
+            w = tl.load(
+                table_ptr + latent[:, None] * stride_tm + cols[None, :] * stride_td,
+                mask=live[:, None] & col_ok[None, :], other=0.0,
+            )
+            acc += coef[:, None] * w.to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(
+        out_ptr + rows64[:, None] * stride_on + cols[None, :] * stride_od,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & col_ok[None, :],
+    )
+
+
+@triton.jit
+def _gather_dot_kernel(
+    rows_ptr, idx_ptr, table_ptr, out_ptr,
+    K, M, D,
+    stride_rn, stride_rd, stride_in, stride_ik, stride_tm, stride_td, stride_on, stride_ok,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    slots = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    slot_ok = slots < K
+    latent = tl.load(idx_ptr + row * stride_in + slots * stride_ik, mask=slot_ok, other=0).to(tl.int64)
+    live = slot_ok & (latent >= 0) & (latent < M)
+    acc = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        col_ok = cols < D
+        r = tl.load(rows_ptr + row * stride_rn + cols * stride_rd, mask=col_ok, other=0.0).to(tl.float32)
+        w = tl.load(
+            table_ptr + latent[:, None] * stride_tm + cols[None, :] * stride_td,
+            mask=live[:, None] & col_ok[None, :], other=0.0,
+        ).to(tl.float32)
+        acc += tl.sum(w * r[None, :], axis=1)
+    tl.store(out_ptr + row * stride_on + slots * stride_ok, acc, mask=slot_ok)
+
+
+@triton.jit
+def _scatter_rows_kernel(
+    perm_ptr, keys_ptr, group_start_ptr, coef_ptr, rows_ptr, out_ptr, table_ptr, dots_ptr, coef_sum_ptr,
+    M, K, D, P,
+    stride_cn, stride_ck, stride_rn, stride_rd, stride_om, stride_od, stride_tm, stride_td,
+    FUSE_DOT: tl.constexpr, COEF_SUM: tl.constexpr, SKIP_ZERO: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    group = tl.program_id(0)
+    col_block = tl.program_id(1)
+    first = group * BLOCK_L
+    lanes = tl.arange(0, BLOCK_L)
+    latents = first + lanes
+    latent_ok = latents < M
+    cols = col_block * BLOCK_D + tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    start = tl.load(group_start_ptr + group)
+    end = tl.load(group_start_ptr + group + 1)
+    acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    coef_sum = tl.zeros((BLOCK_L,), dtype=tl.float32)
+    if FUSE_DOT:
+        # This group's rows of T, transposed: [BLOCK_D, BLOCK_L], read once for all its pairs.
+        table_t = tl.load(
+            table_ptr + latents[None, :].to(tl.int64) * stride_tm + cols[:, None] * stride_td,
+            mask=latent_ok[None, :] & col_ok[:, None] & (end > start), other=0.0,
+        )
+    for p0 in range(start, end, BLOCK_P):
+        positions = p0 + tl.arange(0, BLOCK_P)
+        pair_ok = positions < end
+        pair = tl.load(perm_ptr + positions, mask=pair_ok, other=0).to(tl.int64)
+        local = tl.load(keys_ptr + positions, mask=pair_ok, other=-1).to(tl.int32) - first
+        row = pair // K
+        slot = pair - row * K
+        coef = tl.load(coef_ptr + row * stride_cn + slot * stride_ck, mask=pair_ok, other=0.0).to(tl.float32)
+        load_ok = pair_ok
+        if SKIP_ZERO:
+            load_ok = pair_ok & (coef != 0.0)
+        r = tl.load(rows_ptr + row[:, None] * stride_rn + cols[None, :] * stride_rd, mask=load_ok[:, None] & col_ok[None, :], other=0.0)
+        onehot_t = lanes[:, None] == local[None, :]  # [BLOCK_L, BLOCK_P]: pair p names latent first + l
+        s_t = tl.where(onehot_t, coef[None, :], 0.0)
+        if DOT_FP32:
+            acc = tl.dot(s_t, r.to(tl.float32), acc, input_precision="tf32x3")
+        else:
+            acc = tl.dot(s_t.to(r.dtype), r, acc)
+        if COEF_SUM:
+            coef_sum += tl.sum(s_t, axis=1)
+        if FUSE_DOT:
+            if DOT_FP32:
+                products = tl.dot(r.to(tl.float32), table_t.to(tl.float32), input_precision="tf32x3")
+            else:
+                products = tl.dot(r, table_t.to(r.dtype))  # [BLOCK_P, BLOCK_L]
+            onehot = lanes[None, :] == local[:, None]
+            dots = tl.sum(tl.where(onehot, products, 0.0), axis=1)
+            tl.store(dots_ptr + col_block.to(tl.int64) * P + pair, dots, mask=pair_ok)
+    tl.store(
+        out_ptr + latents[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_od,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=latent_ok[:, None] & col_ok[None, :],
+    )
+    if COEF_SUM:
+        if col_block == 0:
+            tl.store(coef_sum_ptr + latents, coef_sum, mask=latent_ok)
+
+
+# Candidate launch configs, the first of each list being the default (and the one the CPU
+# interpreter runs). Sizes chosen for H200-class GPUs: enough bytes in flight per SM for
+# the gathers, accumulators that stay in registers.
+GATHER_SUM_TINY = Tuner("gather_sum_tiny", [
+    dict(BLOCK_N=1, BLOCK_D=128, UNROLL=8, num_warps=2),
+    dict(BLOCK_N=1, BLOCK_D=256, UNROLL=4, num_warps=4),
+    dict(BLOCK_N=1, BLOCK_D=64, UNROLL=8, num_warps=1),
+])
+GATHER_SUM_SMALL = Tuner("gather_sum_small", [
+    dict(BLOCK_N=4, BLOCK_D=256, UNROLL=4, num_warps=4),
+    dict(BLOCK_N=8, BLOCK_D=128, UNROLL=4, num_warps=4),
+    dict(BLOCK_N=2, BLOCK_D=512, UNROLL=4, num_warps=4),
+])
+GATHER_SUM_LARGE = Tuner("gather_sum_large", [
+    dict(BLOCK_N=16, BLOCK_D=256, UNROLL=4, num_warps=4),
+    dict(BLOCK_N=16, BLOCK_D=512, UNROLL=2, num_warps=8),
+    dict(BLOCK_N=32, BLOCK_D=256, UNROLL=2, num_warps=8),
+    dict(BLOCK_N=8, BLOCK_D=512, UNROLL=4, num_warps=4),
+    dict(BLOCK_N=64, BLOCK_D=128, UNROLL=2, num_warps=8),
+])
+GATHER_DOT = Tuner("gather_dot", [
+    dict(BLOCK_K=16, BLOCK_D=256, num_warps=4),
+    dict(BLOCK_K=32, BLOCK_D=128, num_warps=4),
+    dict(BLOCK_K=64, BLOCK_D=128, num_warps=8),
+])
+SCATTER_ROWS = Tuner("scatter_rows", [
+    dict(BLOCK_L=16, BLOCK_P=32, BLOCK_D=128, num_warps=4, num_stages=1),
+    dict(BLOCK_L=16, BLOCK_P=32, BLOCK_D=256, num_warps=8, num_stages=1),
+    dict(BLOCK_L=32, BLOCK_P=64, BLOCK_D=128, num_warps=4, num_stages=2),
+    dict(BLOCK_L=16, BLOCK_P=16, BLOCK_D=256, num_warps=4, num_stages=2),
+    dict(BLOCK_L=64, BLOCK_P=64, BLOCK_D=64, num_warps=4, num_stages=2),
+])
+
+
+def _gather_sum_tuner(n_rows: int) -> Tuner:
+    if n_rows <= 2:
+        return GATHER_SUM_TINY
+    return GATHER_SUM_SMALL if n_rows <= 256 else GATHER_SUM_LARGE
+
+
+def gather_sum(
+    coefs: torch.Tensor,
+    indices: torch.Tensor,
+    table: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """out[n] = sum_j coefs[n, j] * table[indices[n, j]] (+ bias): [N, k] x [M, D] -> [N, D] in out_dtype.
+
+    Any strides; fp32 accumulation; out_dtype defaults to coefs' dtype.
+    """
+    n_rows, k = coefs.shape
+    n_latents, width = table.shape
+    out = torch.empty(n_rows, width, dtype=out_dtype or coefs.dtype, device=coefs.device)
+    if n_rows == 0 or width == 0:
+        return out
+    bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
+    tuner = _gather_sum_tuner(n_rows)
+
+    def launch(config: dict):
+        meta, options = launch_args(config)
+        grid = (triton.cdiv(n_rows, meta["BLOCK_N"]), triton.cdiv(width, meta["BLOCK_D"]))
+        _gather_sum_kernel[grid](
+            coefs, indices, table, bias_arg, out,
+            n_rows, k, n_latents, width,
+            coefs.stride(0), coefs.stride(1), indices.stride(0), indices.stride(1),
+            table.stride(0), table.stride(1), bias_arg.stride(0), out.stride(0), out.stride(1),
+            HAS_BIAS=bias is not None, **meta, **options,
+        )
+
+    key = (bucket(n_rows), k, width, coefs.dtype, table.dtype)
+    launch(tuner.pick(key, coefs.device, launch))
+    return out
+
+
+def gather_dot(rows: torch.Tensor, indices: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """out[n, j] = <rows[n], table[indices[n, j]]>: [N, D], [N, k], [M, D] -> [N, k] fp32."""
+    n_rows, k = indices.shape
+    n_latents, width = table.shape
+    out = torch.zeros(n_rows, k, dtype=torch.float32, device=rows.device)
+    if n_rows == 0 or k == 0:
+        return out
+
+    def launch(config: dict):
+        meta, options = launch_args(config)
+        grid = (n_rows, triton.cdiv(k, meta["BLOCK_K"]))
+        _gather_dot_kernel[grid](
+            rows, indices, table, out, k, n_latents, width,
+            rows.stride(0), rows.stride(1), indices.stride(0), indices.stride(1),
+            table.stride(0), table.stride(1), out.stride(0), out.stride(1),
+            **meta, **options,
+        )
+
+    key = (bucket(n_rows), k, width, rows.dtype, table.dtype)
+    launch(GATHER_DOT.pick(key, rows.device, launch))
+    return out
+
+
+def sort_pairs(indices: torch.Tensor, n_latents: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latent ids of all (row, slot) pairs in ascending order, the flat pair id n * k + j of each).
+
+    int32 keys when they fit (a faster radix sort); stable, so equal latents keep row order
+    and the summation order of scatter_rows is deterministic.
+    """
+    keys = indices.reshape(-1)
+    if n_latents < 2**31 and keys.dtype != torch.int32:
+        keys = keys.to(torch.int32)
+    sorted_keys, perm = torch.sort(keys, stable=True)
+    return sorted_keys, perm
+
+
+def scatter_rows(
+    coefs: torch.Tensor,
+    indices: torch.Tensor,
+    rows: torch.Tensor,
+    n_out: int,
+    out_dtype: torch.dtype,
+    dot_table: torch.Tensor | None = None,
+    coef_sums: bool = False,
+    skip_zero: bool = False,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(out [n_out, D], dots [N, k] fp32 or None, coef_sums [n_out] fp32 or None).
+
+    out[l] = sum over (n, j) with indices[n, j] == l of coefs[n, j] * rows[n] (zero rows for
+    latents nobody names); with `dot_table` [n_out, D] also dots[n, j] = <rows[n], dot_table[indices[n, j]]>;
+    with `coef_sums` also sums[l] = sum of the coefficients naming l. `skip_zero` lets pairs
+    with a zero coefficient skip their row load (only valid without dot_table). `out` may be
+    given (any strides, e.g. a transposed view) to write into.
+    """
+    n_rows, k = coefs.shape
+    width = rows.shape[1]
+    n_pairs = n_rows * k
+    device = coefs.device
+    if out is None:
+        out = torch.empty(n_out, width, dtype=out_dtype, device=device)
+    sums = torch.zeros(n_out, dtype=torch.float32, device=device) if coef_sums else None
+    sorted_keys, perm = sort_pairs(indices, n_out)
+    fuse_dot = dot_table is not None
+    # The matrix products run in the precision of the codes and rows: fp32 operands (3xTF32,
+    # near-fp32 accuracy) when either is fp32, else their half dtype, with the weights of
+    # the fused dot rounded to it (as autocast rounds fp32 weights for a bf16 matmul).
+    dot_fp32 = torch.float32 in (coefs.dtype, rows.dtype) or (coefs.dtype != rows.dtype)
+    table_arg = dot_table if fuse_dot else rows
+    dot_buffers: dict[int, torch.Tensor] = {}
+    group_starts: dict[int, torch.Tensor] = {}
+
+    def launch(config: dict):
+        meta, options = launch_args(config)
+        block_l, block_d = meta["BLOCK_L"], meta["BLOCK_D"]
+        n_groups, n_col_blocks = triton.cdiv(n_out, block_l), triton.cdiv(width, block_d)
+        if block_l not in group_starts:
+            bounds = torch.arange(0, n_groups + 1, device=device, dtype=torch.int64) * block_l
+            group_starts[block_l] = torch.searchsorted(sorted_keys, bounds.to(sorted_keys.dtype))
+        if fuse_dot and n_col_blocks not in dot_buffers:
+            # Pairs naming no valid latent are never visited: their dot stays 0.
+            dot_buffers[n_col_blocks] = torch.zeros(n_col_blocks, max(n_pairs, 1), dtype=torch.float32, device=device)
+        dots_arg = dot_buffers[n_col_blocks] if fuse_dot else out
+        _scatter_rows_kernel[(n_groups, n_col_blocks)](
+            perm, sorted_keys, group_starts[block_l], coefs, rows, out, table_arg, dots_arg,
+            sums if sums is not None else out,
+            n_out, k, width, n_pairs,
+            coefs.stride(0), coefs.stride(1), rows.stride(0), rows.stride(1),
+            out.stride(0), out.stride(1), table_arg.stride(0), table_arg.stride(1),
+            FUSE_DOT=fuse_dot, COEF_SUM=coef_sums, SKIP_ZERO=skip_zero and not fuse_dot, DOT_FP32=dot_fp32,
+            **meta, **options,
+        )
+        return triton.cdiv(width, block_d)
+
+    if n_out == 0 or width == 0:
+        return out, (torch.zeros(n_rows, k, dtype=torch.float32, device=device) if fuse_dot else None), sums
+    key = (bucket(n_pairs), bucket(n_out), width, coefs.dtype, rows.dtype, out.dtype, fuse_dot)
+    config = SCATTER_ROWS.pick(key, device, launch)
+    n_col_blocks = launch(config)
+    dots = None
+    if fuse_dot:
+        partial = dot_buffers[n_col_blocks][:, :n_pairs]
+        dots = (partial[0] if n_col_blocks == 1 else partial.sum(0)).view(n_rows, k)
+    return out, dots, sums
+
+
+def decode_forward(
+    acts: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None
+) -> torch.Tensor:
+    """Triton twin of reference.decode_forward: [N, k], [N, k], [d_sae, d_out], [d_out]? -> [N, d_out]."""
+    return gather_sum(acts, indices, W_dec, b_dec, out_dtype=acts.dtype)
+
+
+def decode_backward(
+    grad_y: torch.Tensor,
+    acts: torch.Tensor,
+    indices: torch.Tensor,
+    W_dec: torch.Tensor,
+    need_acts: bool = True,
+    need_weight: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Triton twin of reference.decode_backward: (d_acts in acts' dtype, d_W_dec in W_dec's dtype).
+
+    With both needed, one latent-sorted pass writes d_W_dec and the gathered dots together.
+    """
+    if need_weight:
+        d_weight, dots, _ = scatter_rows(
+            acts, indices, grad_y, W_dec.shape[0], W_dec.dtype, dot_table=W_dec if need_acts else None
+        )
+        return (dots.to(acts.dtype) if need_acts else None), d_weight
+    if need_acts:
+        return gather_dot(grad_y, indices, W_dec).to(acts.dtype), None
+    return None, None
