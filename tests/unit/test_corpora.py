@@ -316,3 +316,12 @@ def test_jsonl_gz_output_is_byte_identical_across_builds():
     assert data[4:8] == b"\x00\x00\x00\x00"  # gzip header mtime is 0
     lines = gzip.decompress(data).decode("utf-8").splitlines()
     assert [json.loads(line)["text"] for line in lines] == docs
+
+
+def test_importing_corpora_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, workbench.corpora; print('transformers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
