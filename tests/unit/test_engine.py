@@ -136,3 +136,14 @@ def test_concurrent_captures_are_serialised(tiny_llama):
     assert not errors
     for i in texts:
         assert torch.equal(results[i], expected[i])
+
+
+def test_local_folder_loads_through_the_same_path(tmp_path, tiny_gpt2):
+    """A model saved with save_pretrained loads by folder path (as a Hub id would)."""
+    folder = tmp_path / "my-gpt2"
+    tiny_gpt2.hf.save_pretrained(folder)
+    tiny_gpt2.tokenizer.save_pretrained(folder)
+    loaded = wb.load_model(str(folder))
+    assert loaded.arch == "gpt2" and loaded.source.startswith("folder:")
+    enc = tiny_gpt2.tokenizer(["the cat sat"], return_tensors="pt")
+    assert torch.allclose(loaded.logits(enc["input_ids"]), tiny_gpt2.logits(enc["input_ids"]), atol=1e-6)
