@@ -15,7 +15,7 @@ launchers), `op.py` (autograd for the reference; torch.library custom op + fake 
 autograd for the Triton path). `dispatch.py` picks the
 backend lazily per (op, device type, dtype): Triton on CUDA, the reference elsewhere;
 `WORKBENCH_KERNELS=reference|triton|auto` or `use(...)` override it. Importing this
-package imports neither triton nor the op modules.
+package registers the torch.library ops and imports neither triton nor torch._dynamo.
 """
 
 from workbench.kernels.api import sparse_decode, topk_encode

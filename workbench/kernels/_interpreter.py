@@ -7,9 +7,12 @@ to Python scalars"), so every kernel with a loop bound taken from an argument fa
 triton 3.6's interpreter. `install()` re-registers that one conversion with `.item()`,
 which is what the interpreter meant.
 
-A second gap: the interpreter stores bf16 as raw uint16 bits and its `tl.dot` multiplies
-those bits as integers. `install()` widens bf16 dot operands to fp32 first (bf16 products
-are exact in fp32, as on the tensor cores).
+Two more gaps in bf16 handling, where the interpreter would disagree with the GPU:
+- it stores bf16 as raw uint16 bits and its `tl.dot` multiplies those bits as integers:
+  `install()` widens bf16 dot operands to fp32 first (bf16 products are exact in fp32, as
+  on the tensor cores);
+- its fp32 -> bf16 cast truncates, where the GPU (and torch) round to nearest even:
+  `install()` routes that cast through torch's conversion.
 
 Both patches touch nothing when the interpreter is off; compiled GPU kernels never go
 through this code.
@@ -53,4 +56,17 @@ def install() -> None:
         return original_dot(self, widen(a), widen(b), d, input_precision, max_num_imprecise_acc)
 
     builder.create_dot = create_dot
+
+    import torch
+
+    original_cast = builder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            rounded = torch.from_numpy(np.array(src.data, dtype=np.float32)).to(torch.bfloat16)  # keeps 0-d shapes
+            return interpreter.TensorHandle(rounded.view(torch.int16).numpy().view(np.uint16), tl.bfloat16)
+        return original_cast(self, src, dst_type)
+
+    builder.cast_impl = cast_impl
+    builder.create_fp_trunc = lambda self, src, dst_type: self.cast_impl(src, dst_type)
     _installed = True

@@ -1,5 +1,8 @@
 """The public sparse ops: boundary checks, backend dispatch, and the lean no-grad path.
 
+Importing this module registers the custom ops (`op.py` files: plain torch, milliseconds);
+the Triton modules, and triton itself, are imported at the first call that needs them.
+
 `sparse_decode` and `topk_encode` validate their inputs (shapes, dtypes, k ranges; index
 ranges on CPU, where checking is cheap), ask `dispatch.active_backend` which backend runs,
 and call it:
@@ -17,18 +20,20 @@ import importlib
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.kernels.decode import op as decode_op
 from workbench.kernels.dispatch import active_backend
+from workbench.kernels.encode import op as encode_op
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _INDEX_DTYPES = (torch.int64, torch.int32)
 _modules: dict[str, object] = {}
 
 
-def _module(name: str):
-    # Imported on first use so that `import workbench.kernels` stays free of side effects.
+def _triton_module(name: str):
+    # The Triton launchers import triton: only on first use, never at package import.
     module = _modules.get(name)
     if module is None:
-        module = _modules[name] = importlib.import_module(f"workbench.kernels.{name}")
+        module = _modules[name] = importlib.import_module(f"workbench.kernels.{name}.triton")
     return module
 
 
@@ -37,9 +42,10 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 
 def _check_indices(indices: torch.Tensor, n_latents: int, what: str) -> None:
-    # Only on CPU: on CUDA the check would synchronise every call. The Triton kernels skip
+    # Only on CPU and outside torch.compile: on CUDA the check would synchronise every call
+    # and in a compiled graph it is data-dependent control flow. The Triton kernels skip
     # out-of-range indices (they never read outside W); the reference raises from indexing.
-    if indices.device.type == "cpu" and indices.numel() > 0:
+    if indices.device.type == "cpu" and indices.numel() > 0 and not torch.compiler.is_compiling():
         low, high = int(indices.min()), int(indices.max())
         if low < 0 or high >= n_latents:
             raise WorkbenchError(
@@ -79,9 +85,9 @@ def sparse_decode(
     backend = active_backend("sparse_decode", acts.device, acts.dtype)
     if backend == "triton":
         if not _needs_grad(acts, W_dec, b_dec) and not torch.compiler.is_compiling():
-            return _module("decode.triton").decode_forward(acts, indices, W_dec, b_dec)
-        return _module("decode.op").sparse_decode_op(acts, indices, W_dec, b_dec)
-    return _module("decode.op").ReferenceDecode.apply(acts, indices, W_dec, b_dec)
+            return _triton_module("decode").decode_forward(acts, indices, W_dec, b_dec)
+        return decode_op.sparse_decode_op(acts, indices, W_dec, b_dec)
+    return decode_op.ReferenceDecode.apply(acts, indices, W_dec, b_dec)
 
 
 def topk_encode(
@@ -140,6 +146,6 @@ def topk_encode(
     backend = active_backend("topk_encode", x.device, x.dtype)
     if backend == "triton":
         if not _needs_grad(x, W_enc, b_enc) and not torch.compiler.is_compiling():
-            return _module("encode.triton").encode_forward(x, W_enc, b_enc, k, dead_mask, k_aux, absolute)
-        return _module("encode.op").topk_encode_op(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
-    return _module("encode.op").ReferenceTopKEncode.apply(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
+            return _triton_module("encode").encode_forward(x, W_enc, b_enc, k, dead_mask, k_aux, absolute)
+        return encode_op.topk_encode_op(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
+    return encode_op.ReferenceTopKEncode.apply(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))

@@ -6,8 +6,8 @@
   and `register_autograd`, so `torch.library.opcheck` and `torch.compile` work. The Triton
   module is imported inside the op bodies, on first use.
 
-Importing this module registers the two ops (cheap: triton is not imported);
-`workbench.kernels` imports it at the first sparse_decode call, not at its own import.
+Importing this module registers the two ops (cheap: triton is not imported; the op
+bodies import the Triton module on first use).
 """
 
 from __future__ import annotations

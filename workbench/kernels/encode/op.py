@@ -7,7 +7,8 @@
 
 Both save only the selected slots (values and indices), never the [N, d_sae]
 pre-activations, and their backward never builds a dense [N, d_sae] gradient.
-Importing this module registers the two ops (cheap: triton is not imported).
+Importing this module registers the two ops (cheap: triton is not imported; the op
+bodies import the Triton module on first use).
 """
 
 from __future__ import annotations
