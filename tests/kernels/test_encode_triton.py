@@ -169,10 +169,12 @@ def test_whole_sae_step_compiles_fullgraph(interpreter, generator):
         vals, idx, _, _ = topk_encode(x - b_dec, W_enc, b_enc, k)
         return (sparse_decode(vals, idx, W_dec, b_dec) - x).pow(2).sum()
 
-    compiled = torch.compile(loss_fn, fullgraph=True)
-    params = [t.clone().requires_grad_() for t in (W_enc, b_enc, W_dec, b_dec)]
-    loss = compiled(x, *params)
-    loss.backward()
+    # No FX-graph cache: a graph cached before an op's fake changed would hide the change.
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        compiled = torch.compile(loss_fn, fullgraph=True)
+        params = [t.clone().requires_grad_() for t in (W_enc, b_enc, W_dec, b_dec)]
+        loss = compiled(x, *params)
+        loss.backward()
     with use("reference"):
         ref_params = [t.clone().requires_grad_() for t in (W_enc, b_enc, W_dec, b_dec)]
         ref_loss = loss_fn(x, *ref_params)

@@ -110,8 +110,7 @@ def _topk_encode_backward_fake(
 ):
     d_in, d_sae = W_enc.shape
     dx = x.new_empty(x.shape) if need_x else x.new_empty((0,))
-    # The weight gradient is built latent-major ([d_sae, d_in] rows) and handed back transposed.
-    d_weight = W_enc.new_empty((d_sae, d_in)).t() if need_weight else W_enc.new_empty((0,))
+    d_weight = W_enc.new_empty((d_in, d_sae)) if need_weight else W_enc.new_empty((0,))
     d_bias = x.new_empty((d_sae,), dtype=torch.float32) if need_bias else x.new_empty((0,), dtype=torch.float32)
     return dx, d_weight, d_bias
 

@@ -15,9 +15,10 @@ For few rows (one program per row would leave the GPU idle) it falls back to tor
 through the reference selection, which selects the same set up to ties.
 
 Backward (see reference.py for the formulas): dx is a gather-sum over the rows of W_enc^T
-(copied to a contiguous [d_sae, d_in] when W_enc is a plain [d_in, d_sae] tensor, since
-gathering strided columns would read a 32-byte sector per element); dW_enc and db_enc come
-from one latent-sorted scatter pass written as [d_sae, d_in] rows and returned transposed.
+(copied to a contiguous [d_sae, d_in], in the slot gradients' dtype when that is bf16/fp16,
+when W_enc is a plain [d_in, d_sae] tensor: gathering strided columns would read a 32-byte
+sector per element); dW_enc and db_enc come from one latent-sorted scatter pass that writes
+latent rows straight into a contiguous [d_in, d_sae] gradient.
 """
 
 from __future__ import annotations
@@ -186,14 +187,21 @@ def encode_backward(
     if need_x:
         table = W_enc.t()  # [d_sae, d_in]: row l is latent l's encoder direction
         if table.stride(1) != 1 and 8 * g.numel() > d_sae:
-            table = table.contiguous()  # one transposed copy beats a strided gather per pair
+            # One transposed copy beats a strided gather (a 32-byte sector per element). With
+            # half-precision slot gradients the copy is also cast to their dtype, as autocast
+            # casts the weight of a dense bf16 backward.
+            dtype = g.dtype if g.dtype in (torch.bfloat16, torch.float16) else W_enc.dtype
+            table = torch.empty(d_sae, d_in, dtype=dtype, device=W_enc.device).copy_(table)
         dx = gather_sum(g, latents, table, out_dtype=x.dtype)
     if need_weight:
-        rows_out = torch.empty(d_sae, d_in, dtype=W_enc.dtype, device=x.device)
+        # Always a contiguous [d_in, d_sae] (the SAELens layout of W_enc, so autograd
+        # accumulates it without a copy); the kernel writes latent rows through its
+        # transposed view. (Output strides may not follow the input's: under torch.compile
+        # the traced and the real W_enc can differ in layout.)
+        d_weight = torch.empty(d_in, d_sae, dtype=W_enc.dtype, device=W_enc.device)
         _, _, d_bias = scatter_rows(
-            g, latents, x, d_sae, W_enc.dtype, coef_sums=need_bias, skip_zero=True, out=rows_out
+            g, latents, x, d_sae, W_enc.dtype, coef_sums=need_bias, skip_zero=True, out=d_weight.t()
         )
-        d_weight = rows_out.t()
     elif need_bias:
         d_bias = torch.zeros(d_sae, dtype=torch.float32, device=x.device)
         d_bias.index_add_(0, latents.reshape(-1).long(), g.reshape(-1).float())
