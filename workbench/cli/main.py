@@ -16,6 +16,8 @@ import sys
 VERB_MODULES = [
     "workbench.cli.models",   # models, sites
     "workbench.cli.capture",  # capture
+    "workbench.cli.train",    # train
+    "workbench.cli.eval",     # eval
     "workbench.cli.app",      # app
 ]
 
