@@ -2,7 +2,7 @@
 
 TRITON_INTERPRET=1 must be in the environment before triton is first imported (triton
 builds its own jit helpers at import), so it is set here, at conftest import, before any
-test module of this folder imports the kernels. Other folders are unaffected in practice:
+test module of this folder imports the kernels (unless a GPU is present: see below). Other folders are unaffected in practice:
 nothing else runs Triton kernels, and on CPU the kernels' dispatch picks the reference
 unless a test forces Triton with `use("triton")`.
 
@@ -16,18 +16,24 @@ from __future__ import annotations
 import os
 import sys
 
+import torch  # noqa: E402  (importing torch does not import triton)
+
 _TRITON_WAS_IMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
-os.environ["TRITON_INTERPRET"] = "1"
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    # On a GPU machine the kernels compile for the GPU (the `gpu` tests); there the CPU
+    # interpreter tests run only when TRITON_INTERPRET=1 is set by hand.
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from workbench.kernels import use  # noqa: E402
 
 
 @pytest.fixture
 def interpreter():
-    """Run the test with the Triton backend forced (on CPU: the interpreter)."""
+    """Run the test with the Triton backend forced on CPU tensors, i.e. in the interpreter."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("CPU interpreter tests need TRITON_INTERPRET=1 (set automatically where there is no GPU)")
     if _TRITON_WAS_IMPORTED:
         pytest.fail(
             "triton was imported before tests/kernels/conftest.py could set TRITON_INTERPRET=1; "

@@ -1,0 +1,168 @@
+"""The kernel checks at real shapes on a GPU (run on the H200: `pytest -m gpu tests/kernels`).
+
+Same comparisons as the CPU interpreter tests (outputs and all gradients against the
+reference, selection validity, opcheck), at the benchmark's shapes: d_sae 131072, d_in
+4096, k 64, N 4096, bf16; the encoder at d_in 2304, d_sae 65536 with AuxK. Before each
+Triton call the CUDA caching allocator is filled with NaN, so an output element a kernel
+forgot to write shows up as non-finite.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.kernels import sparse_decode, topk_encode, use
+from workbench.kernels.decode import op as decode_op
+from workbench.kernels.decode import reference as decode_reference
+from workbench.kernels.encode import op as encode_op
+from workbench.kernels.encode import reference as encode_reference
+
+from kernel_checks import assert_close, assert_valid_topk, noncontiguous
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+CUDA = torch.device("cuda")
+# Shapes, module constants so that a CPU smoke run of this file (under the interpreter,
+# with CUDA pointed at the CPU) can shrink them; on the GPU they are the real ones.
+DECODE = dict(n_rows=4096, k=64, n_latents=131072, width=4096)
+AUTOCAST = dict(n_latents=65536, width=2304, k=64, rows=(1, 7, 64, 4096))
+ENCODE = dict(n_rows=4096, d_in=2304, n_latents=65536, k=64, k_aux=1152)
+SMALL_ENCODE = dict(d_in=576, n_latents=16384, k=32, rows=(1, 100, 1000))
+POISON_BYTES = 3 << 30
+
+
+def poison_allocator() -> None:
+    """Leave NaN in the caching allocator's free blocks: unwritten outputs read as NaN."""
+    block = torch.full((POISON_BYTES // 4,), float("nan"), device=CUDA)
+    del block
+
+
+def _indices(n_rows, k, n_latents, kind, generator):
+    if kind == "skewed":  # 4 latents named by every row, the rest from 64 with repeats
+        hot = torch.arange(4, device=CUDA).expand(n_rows, 4)
+        rest = torch.randint(0, 64, (n_rows, k - 4), device=CUDA, generator=generator)
+        return torch.cat([hot, rest], dim=1)
+    keys = torch.rand(n_rows, n_latents, device=CUDA, generator=generator)
+    idx = keys.topk(k, dim=1).indices  # unique per row, like a TopK
+    return idx.sort(dim=1).values if kind == "sorted" else idx
+
+
+def _decode_both(acts, idx, W, b, grad_y):
+    out = {}
+    for backend in ("triton", "reference"):
+        leaves = [t.detach().clone().requires_grad_() for t in (acts, W, b)]
+        if backend == "triton":
+            poison_allocator()
+        with use(backend):
+            y = sparse_decode(leaves[0], idx, leaves[1], leaves[2])
+        y.backward(grad_y)
+        out[backend] = (y.detach(), *[leaf.grad for leaf in leaves])
+        del y, leaves
+    return out["triton"], out["reference"]
+
+
+@pytest.mark.parametrize("kind", ["sorted", "unique", "skewed"])
+def test_decode_real_shape_bf16(kind):
+    generator = torch.Generator(device=CUDA).manual_seed(0)
+    n_rows, k, n_latents, width = DECODE["n_rows"], DECODE["k"], DECODE["n_latents"], DECODE["width"]
+    acts = torch.rand(n_rows, k, device=CUDA, generator=generator).to(torch.bfloat16)
+    idx = _indices(n_rows, k, n_latents, kind, generator)
+    W = torch.randn(n_latents, width, device=CUDA, generator=generator).to(torch.bfloat16) / 64
+    b = torch.randn(width, device=CUDA, generator=generator).to(torch.bfloat16)
+    grad_y = torch.randn(n_rows, width, device=CUDA, generator=generator).to(torch.bfloat16)
+    got, want = _decode_both(acts, idx, W, b, grad_y)
+    for g, w, name in zip(got, want, ("y", "d acts", "d W_dec", "d b_dec")):
+        assert_close(g, w, f"{kind}: {name}")
+
+
+def test_decode_autocast_layout_and_small_batches():
+    # fp32 weights with bf16 codes (the layout under autocast), N = 1, 7, 64, strided inputs.
+    generator = torch.Generator(device=CUDA).manual_seed(1)
+    n_latents, width, k = AUTOCAST["n_latents"], AUTOCAST["width"], AUTOCAST["k"]
+    W = torch.randn(n_latents, width, device=CUDA, generator=generator) / 48
+    b = torch.randn(width, device=CUDA, generator=generator)
+    for n_rows in AUTOCAST["rows"]:
+        acts = torch.rand(n_rows, k, device=CUDA, generator=generator).to(torch.bfloat16)
+        idx = _indices(n_rows, k, n_latents, "sorted", generator)
+        grad_y = torch.randn(n_rows, width, device=CUDA, generator=generator).to(torch.bfloat16)
+        if n_rows == 64:
+            acts, idx, grad_y = noncontiguous(acts), noncontiguous(idx), noncontiguous(grad_y)
+        got, want = _decode_both(acts, idx, W, b, grad_y)
+        # d acts uses the weights rounded to bf16 (documented; autocast does the same).
+        want = (want[0], decode_reference.gather_dot(grad_y, idx, W.to(torch.bfloat16)).to(torch.bfloat16), *want[2:])
+        for g, w, name in zip(got, want, ("y", "d acts", "d W_dec", "d b_dec")):
+            assert_close(g, w, f"N={n_rows}: {name}")
+        with torch.no_grad(), use("triton"):
+            assert_close(sparse_decode(acts, idx, W, b), want[0], f"N={n_rows}: no-grad path")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_topk_encode_real_shape(dtype):
+    generator = torch.Generator(device=CUDA).manual_seed(2)
+    n_rows, d_in, n_latents, k, k_aux = (ENCODE[key] for key in ("n_rows", "d_in", "n_latents", "k", "k_aux"))
+    x = torch.randn(n_rows, d_in, device=CUDA, generator=generator).to(dtype)
+    W_enc = (torch.randn(d_in, n_latents, device=CUDA, generator=generator) / 48).to(dtype)
+    b_enc = (torch.randn(n_latents, device=CUDA, generator=generator) / 10).to(dtype)
+    dead = torch.rand(n_latents, device=CUDA, generator=generator) < 0.2
+    poison_allocator()
+    with use("triton"):
+        vals, idx, aux_vals, aux_idx = topk_encode(x, W_enc, b_enc, k, dead_mask=dead, k_aux=k_aux)
+    pre = torch.addmm(b_enc, x, W_enc)  # what the Triton path selects from (cuBLAS, same dtype)
+    assert_valid_topk(pre, vals, idx, k, absolute=False)
+    assert_valid_topk(pre, aux_vals, aux_idx, k_aux, absolute=False, mask=dead)
+    with use("reference"):
+        ref_vals, _, _, _ = topk_encode(x, W_enc, b_enc, k)
+    # The reference rounds an fp32-accumulated pre once; cuBLAS may differ by an ulp.
+    assert_close(vals.float().sort(dim=1).values, ref_vals.float().sort(dim=1).values, "top-k values", rtol=2e-2)
+    g, latents = encode_reference.slot_gradients(
+        torch.randn(vals.shape, device=CUDA, generator=generator).to(dtype),
+        torch.randn(aux_vals.shape, device=CUDA, generator=generator).to(dtype),
+        vals, idx, aux_vals, aux_idx, dead, absolute=False,
+    )
+    from workbench.kernels.encode import triton as encode_kernels
+
+    poison_allocator()
+    got = encode_kernels.encode_backward(g, latents, x, W_enc)
+    want = encode_reference.encode_backward(g, latents, x, W_enc)
+    for a, b, name in zip(got, want, ("dx", "dW_enc", "db_enc")):
+        assert_close(a, b, f"{dtype}: {name}")
+
+
+def test_topk_encode_abs_and_small_batches_end_to_end():
+    generator = torch.Generator(device=CUDA).manual_seed(3)
+    d_in, n_latents, k = SMALL_ENCODE["d_in"], SMALL_ENCODE["n_latents"], SMALL_ENCODE["k"]
+    for n_rows in SMALL_ENCODE["rows"]:  # below and above the kernel's row threshold
+        x = torch.randn(n_rows, d_in, device=CUDA, generator=generator)
+        W_enc = torch.randn(n_latents, d_in, device=CUDA, generator=generator).t() / 24  # [d_sae, d_in] storage
+        b_enc = torch.randn(n_latents, device=CUDA, generator=generator) / 10
+        grad = torch.randn(n_rows, k, device=CUDA, generator=generator)
+        results = {}
+        for backend in ("triton", "reference"):
+            leaves = [t.detach().clone().requires_grad_() for t in (x, W_enc, b_enc)]
+            with use(backend):
+                vals, idx, _, _ = topk_encode(*leaves, k, absolute=True)
+            vals.backward(grad)
+            results[backend] = (vals.detach(), idx, [leaf.grad for leaf in leaves])
+        assert torch.equal(results["triton"][1], results["reference"][1]), f"N={n_rows}: selection"
+        assert_close(results["triton"][0], results["reference"][0], f"N={n_rows}: vals")
+        for a, b, name in zip(results["triton"][2], results["reference"][2], ("dx", "dW_enc", "db_enc")):
+            assert_close(a, b, f"N={n_rows}: {name}")
+
+
+def test_opcheck_on_cuda():
+    generator = torch.Generator(device=CUDA).manual_seed(4)
+    acts = torch.rand(33, 8, device=CUDA, generator=generator, requires_grad=True)
+    idx = _indices(33, 8, 300, "unique", generator)
+    W = torch.randn(300, 130, device=CUDA, generator=generator, requires_grad=True)
+    b = torch.randn(130, device=CUDA, generator=generator, requires_grad=True)
+    results = torch.library.opcheck(decode_op.sparse_decode_op, (acts, idx, W, b))
+    assert set(results.values()) == {"SUCCESS"}, results
+    x = torch.randn(200, 96, device=CUDA, generator=generator, requires_grad=True)
+    W_enc = torch.randn(96, 500, device=CUDA, generator=generator, requires_grad=True)
+    b_enc = torch.randn(500, device=CUDA, generator=generator, requires_grad=True)
+    dead = torch.rand(500, device=CUDA, generator=generator) < 0.3
+    results = torch.library.opcheck(encode_op.topk_encode_op, (x, W_enc, b_enc, 16, dead, 8, False))
+    assert set(results.values()) == {"SUCCESS"}, results
