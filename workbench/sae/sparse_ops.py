@@ -46,26 +46,57 @@ def _choose(op: str, tensor: torch.Tensor) -> str:
     return _CHOICES[key]
 
 
-def _verified(op: str, tensor: torch.Tensor, fast, slow, compare) -> object:
-    """Run the kernel; on its first use per (op, device, dtype) also run the local version
-    and compare. A kernel that raises or disagrees is dropped for the local version, with
-    a warning: a training run on a new machine must not die or drift on a kernel bug."""
+def _first_use_check(fast, slow, inputs: list, canonical) -> tuple[bool, str]:
+    """Compare a kernel with the local version on these inputs: outputs and gradients.
+
+    Both run on detached copies (floating inputs as fresh leaves); `canonical(output)` maps
+    an output to one dense float tensor (so slot order does not matter), whose product with
+    a fixed random cotangent is back-propagated. Tolerance: 2% of the largest magnitude
+    (loose enough for bf16, tight enough to catch a wrong index or a dropped term).
+    """
+    results = []
+    for fn in (fast, slow):
+        leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) if isinstance(t, torch.Tensor) else t
+                  for t in inputs]
+        with torch.enable_grad():
+            dense = canonical(fn(*leaves)).float()
+            gen = torch.Generator(device=dense.device).manual_seed(1234)
+            cotangent = torch.randn(dense.shape, generator=gen, device=dense.device)
+            floats = [t for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
+            grads = torch.autograd.grad((dense * cotangent).sum(), floats, allow_unused=True)
+        results.append([dense.detach()] + [g.float() if g is not None else None for g in grads])
+    for name, a, b in zip(["output"] + [f"grad {i}" for i in range(len(results[0]) - 1)], *results):
+        if a is None or b is None:
+            if (a is None) != (b is None):
+                return False, f"{name}: one implementation gives no gradient"
+            continue
+        err = float((a - b).abs().max()) if a.numel() else 0.0
+        scale = float(b.abs().max()) if b.numel() else 0.0
+        if not err <= 2e-2 * max(scale, 1e-6):
+            return False, f"{name}: max abs diff {err:.3g} (scale {scale:.3g})"
+    return True, "outputs and gradients agree"
+
+
+def _verified(op: str, tensor: torch.Tensor, fast, slow, inputs: list, canonical) -> object:
+    """Run the kernel `fast(*inputs)`; on its first use per (op, device, dtype) first check it
+    against the local `slow` (outputs and gradients). A kernel that raises or disagrees is
+    dropped for the local version with a warning: a training run on a new machine must not
+    die or drift on a kernel bug."""
     key = (op, tensor.device.type, tensor.dtype)
     if _CHOICES.get(key) == "verified":
-        return fast()
+        return fast(*inputs)
     try:
-        result = fast()
-        with torch.no_grad():
-            ok, detail = compare(result, slow())
+        ok, detail = _first_use_check(fast, slow, inputs, canonical)
     except Exception as error:  # noqa: BLE001 (any kernel failure means: use the local path)
-        ok, detail, result = False, f"{type(error).__name__}: {error}", None
+        ok, detail = False, f"{type(error).__name__}: {error}"
     if ok:
         _CHOICES[key] = "verified"
-        return result
+        log.info("sae: the %s kernel on %s/%s passed its first-use check", op, key[1], key[2])
+        return fast(*inputs)
     log.warning("sae: the %s kernel on %s/%s failed its first-use check (%s); using the local version",
                 op, key[1], key[2], detail)
     _CHOICES[key] = "local"
-    return slow()
+    return slow(*inputs)
 
 
 def local_sparse_decode(
@@ -150,28 +181,29 @@ def sparse_decode(acts, indices, W_dec, b_dec=None):
         return local_sparse_decode(acts, indices, W_dec, b_dec)
     from workbench.kernels import sparse_decode as kernel  # noqa: PLC0415
 
-    def compare(fast, slow):
-        err = float((fast.float() - slow.float()).abs().max()) if fast.numel() else 0.0
-        scale = float(slow.float().abs().max()) if slow.numel() else 1.0
-        return err <= 2e-2 * max(scale, 1.0), f"max abs diff {err:.3g}"
-
-    return _verified("sparse_decode", acts, lambda: kernel(acts, indices, W_dec, b_dec),
-                     lambda: local_sparse_decode(acts, indices, W_dec, b_dec), compare)
+    return _verified("sparse_decode", acts, kernel, local_sparse_decode, [acts, indices, W_dec, b_dec],
+                     canonical=lambda y: y)
 
 
 def topk_encode(x, W_enc, b_enc, k, *, dead_mask=None, k_aux=0, absolute=False):
     """Dispatching TopK encoder (see local_topk_encode for the contract)."""
-    kwargs = {"dead_mask": dead_mask, "k_aux": k_aux, "absolute": absolute}
     if _choose("topk_encode", x) == "local":
-        return local_topk_encode(x, W_enc, b_enc, k, **kwargs)
+        return local_topk_encode(x, W_enc, b_enc, k, dead_mask=dead_mask, k_aux=k_aux, absolute=absolute)
     from workbench.kernels import topk_encode as kernel  # noqa: PLC0415
 
-    def compare(fast, slow):
-        a = fast[0].float().sort(dim=-1).values
-        b = slow[0].float().sort(dim=-1).values
-        err = float((a - b).abs().max()) if a.numel() else 0.0
-        scale = float(b.abs().max()) if b.numel() else 1.0
-        return err <= 2e-2 * max(scale, 1.0), f"max abs diff of the top-k values {err:.3g}"
+    def fast(x_, w_, b_):
+        return kernel(x_, w_, b_, k, dead_mask=dead_mask, k_aux=k_aux, absolute=absolute)
 
-    return _verified("topk_encode", x, lambda: kernel(x, W_enc, b_enc, k, **kwargs),
-                     lambda: local_topk_encode(x, W_enc, b_enc, k, **kwargs), compare)
+    def slow(x_, w_, b_):
+        return local_topk_encode(x_, w_, b_, k, dead_mask=dead_mask, k_aux=k_aux, absolute=absolute)
+
+    def canonical(out):
+        # codes scattered densely (slot order free); AuxK codes weighted apart from the main ones
+        vals, idx, aux_vals, aux_idx = out
+        dense = torch.zeros(vals.shape[0], W_enc.shape[1], device=vals.device, dtype=torch.float32)
+        dense = dense.scatter_add(1, idx, vals.float())
+        if aux_vals is not None and aux_vals.numel():
+            dense = dense + 0.5 * torch.zeros_like(dense).scatter_add(1, aux_idx, aux_vals.float())
+        return dense
+
+    return _verified("topk_encode", x, fast, slow, [x, W_enc, b_enc], canonical)
