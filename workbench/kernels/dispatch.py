@@ -58,10 +58,13 @@ def _check_mode(mode: str, source: str) -> str:
 
 def current_mode() -> str:
     """The mode in force here: the innermost `use(...)`, else $WORKBENCH_KERNELS, else 'auto'."""
-    stack = _override_stack()
+    stack = getattr(_local, "stack", None)
     if stack:
         return stack[-1]
-    env = os.environ.get(ENV_VAR, "").strip().lower()
+    env = os.environ.get(ENV_VAR)
+    if not env:
+        return "auto"
+    env = env.strip().lower()
     return _check_mode(env, f"${ENV_VAR}") if env else "auto"
 
 
@@ -139,12 +142,13 @@ def active_backend(op: str, device: torch.device | str, dtype: torch.dtype) -> s
 
     `op` is one of the public op names (`sparse_decode`, `topk_encode`, ...).
     """
-    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    device_type = device.type if type(device) is torch.device else torch.device(device).type
     return _resolve(op, device_type, dtype)
 
 
 def _resolve(op: str, device_type: str, dtype: torch.dtype) -> str:
-    return _choose(op, device_type, dtype, current_mode())
+    choice = _choices.get((op, device_type, dtype, current_mode()))  # the per-call fast path
+    return choice if choice is not None else _choose(op, device_type, dtype, current_mode())
 
 
 # torch.compile runs `_resolve` once while tracing and bakes the answer into the graph (a

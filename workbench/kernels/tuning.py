@@ -89,11 +89,18 @@ class Tuner:
         return best
 
 
+_split_cache: dict[int, tuple[dict, dict, dict]] = {}
+
+
 def launch_args(config: dict) -> tuple[dict, dict]:
-    """Split a config into (constexpr kwargs, launch kwargs num_warps/num_stages)."""
-    meta = {name: value for name, value in config.items() if name not in ("num_warps", "num_stages")}
-    launch = {name: config[name] for name in ("num_warps", "num_stages") if name in config}
-    return meta, launch
+    """Split a config into (constexpr kwargs, launch kwargs num_warps/num_stages); cached per
+    config object (the candidate dicts live as long as the process)."""
+    split = _split_cache.get(id(config))
+    if split is None or split[2] is not config:
+        meta = {name: value for name, value in config.items() if name not in ("num_warps", "num_stages")}
+        launch = {name: config[name] for name in ("num_warps", "num_stages") if name in config}
+        split = _split_cache[id(config)] = (meta, launch, config)
+    return split[0], split[1]
 
 
 def bucket(n: int) -> int:

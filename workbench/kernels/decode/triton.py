@@ -207,10 +207,12 @@ def gather_sum(
     table: torch.Tensor,
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
+    config: dict | None = None,
 ) -> torch.Tensor:
     """out[n] = sum_j coefs[n, j] * table[indices[n, j]] (+ bias): [N, k] x [M, D] -> [N, D] in out_dtype.
 
-    Any strides; fp32 accumulation; out_dtype defaults to coefs' dtype.
+    Any strides; fp32 accumulation; out_dtype defaults to coefs' dtype. `config` (block
+    sizes, num_warps) bypasses the tuner (the benchmark's naive baseline uses it).
     """
     n_rows, k = coefs.shape
     n_latents, width = table.shape
@@ -220,19 +222,20 @@ def gather_sum(
     bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
     tuner = _gather_sum_tuner(n_rows)
 
+    coef_strides, index_strides, table_strides = coefs.stride(), indices.stride(), table.stride()
+
     def launch(config: dict):
         meta, options = launch_args(config)
-        grid = (triton.cdiv(n_rows, meta["BLOCK_N"]), triton.cdiv(width, meta["BLOCK_D"]))
+        grid = ((n_rows + meta["BLOCK_N"] - 1) // meta["BLOCK_N"], (width + meta["BLOCK_D"] - 1) // meta["BLOCK_D"])
         _gather_sum_kernel[grid](
             coefs, indices, table, bias_arg, out,
             n_rows, k, n_latents, width,
-            coefs.stride(0), coefs.stride(1), indices.stride(0), indices.stride(1),
-            table.stride(0), table.stride(1), bias_arg.stride(0), out.stride(0), out.stride(1),
+            *coef_strides, *index_strides, *table_strides, bias_arg.stride(0), width, 1,
             HAS_BIAS=bias is not None, **meta, **options,
         )
 
     key = (bucket(n_rows), k, width, coefs.dtype, table.dtype)
-    launch(tuner.pick(key, coefs.device, launch))
+    launch(config or tuner.pick(key, coefs.device, launch))
     return out
 
 
