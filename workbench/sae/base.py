@@ -249,10 +249,10 @@ def mse_sum(x_hat: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def fired_from_indices(idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> torch.Tensor:
     """[d_sae] bool: which latents have a non-zero value somewhere in vals/idx [N, k]."""
-    fired = torch.zeros(d_sae, dtype=torch.bool, device=idx.device)
-    active = idx[vals != 0]
-    fired[active] = True
-    return fired
+    # index_add instead of boolean indexing: no device->host sync on GPU
+    counts = torch.zeros(d_sae, dtype=torch.int32, device=idx.device)
+    counts.index_add_(0, idx.reshape(-1), (vals != 0).reshape(-1).to(torch.int32))
+    return counts > 0
 
 
 @torch.no_grad()
