@@ -408,7 +408,8 @@ def sweep(b: Bench) -> None:
                         continue
                     decode_forward_case(b, n_rows, k, n_latents, width, ["ours", "dense"] + (["naive_triton"] if n_rows > 1 else []))
                     done.add(b.shape(n_rows, k, n_latents, width))
-                if b.left_s() >= b.args.reserve_s:
+                backward_done = {(r["N"], r["k"], r["d_sae"], r["d_in"]) for r in b.record["decode_backward"]}
+                if b.left_s() >= b.args.reserve_s and b.shape(4096, k, n_latents, width) not in backward_done:
                     decode_backward_case(b, 4096, k, n_latents, width, ["dense"])
                 b.save()
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One command for the H200 (device machine): the GPU kernel tests, the kernel benchmark and
+# the TopK SAE training-step benchmark, everything written under $OUT (about 8 minutes).
+#
+#   bash bench/gpu_kernels.sh
+#
+# Carry (for the sparsify comparison) the four wheels eai_sparsify, natsort, simple_parsing,
+# docstring_parser from /work/shared/wheels/h200-py312/ in an ignored folder `.whl/` of the
+# checkout; without them the sparsify rows record an ImportError and the rest still runs.
+# Each stage has its own time limit; a stage that fails or times out leaves its log and
+# whatever JSON it had written, and the next stage still runs.
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+OUT="${OUT:-bench/results}"
+mkdir -p "$OUT"
+
+wheels=$(ls .whl/eai_sparsify*.whl .whl/natsort*.whl .whl/simple_parsing*.whl .whl/docstring_parser*.whl 2>/dev/null)
+if [ -n "$wheels" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name(0))'
+} > "$OUT/gpu.txt" 2>&1
+cat "$OUT/gpu.txt"
+
+echo "== GPU tests (pytest -m gpu tests/kernels)"
+timeout 140 python3 -m pytest -q -m gpu tests/kernels --junitxml="$OUT/kernels-gpu-tests.xml" \
+  > "$OUT/kernels-gpu-tests.txt" 2>&1
+echo "pytest exit status $?"; tail -n 15 "$OUT/kernels-gpu-tests.txt"
+
+echo "== kernel benchmark"
+timeout 220 python3 bench/kernels.py --out "$OUT" --budget-s 175 --reserve-s 40 > "$OUT/kernels-bench.txt" 2>&1
+echo "bench exit status $?"; sed -n '/^=====/,$p' "$OUT/kernels-bench.txt" | tail -n 45
+
+echo "== training-step benchmark"
+timeout 100 python3 bench/train_step_gpu.py --out "$OUT" --steps 15 --warmup 3 > "$OUT/train-step.txt" 2>&1
+echo "train-step exit status $?"; tail -n 14 "$OUT/train-step.txt"
