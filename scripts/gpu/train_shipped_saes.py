@@ -162,7 +162,7 @@ def capture_rows(model, tokens, sites, args, dtype):
     with torch.no_grad():
         for i in range(0, n_ctx, args.capture_batch):
             ids = tokens[i:i + args.capture_batch].to(model.device)
-            reads = model.forward_with_edits(ids, None, {}, reads=sites, return_logits=False).reads
+            reads = model.read_sites(ids, torch.ones_like(ids), sites)  # stops after the last site
             for s in sites:
                 acts = reads[s][:, 1:]
                 rows[s][i * per:i * per + acts.shape[0] * per] = acts.reshape(-1, acts.shape[-1]).to(dtype)

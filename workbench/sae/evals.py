@@ -190,9 +190,10 @@ def downstream_metrics(
     if tokens.shape[1] < start + 2:
         raise WorkbenchError("contexts are too short to measure next-token loss")
     if mean_activation is None:
-        reads = [model.forward_with_edits(tokens[i:i + batch_size].to(model.device), None, {},
-                                          reads=[cfg.output_site], return_logits=False).reads[cfg.output_site]
-                 for i in range(0, tokens.shape[0], batch_size)]
+        reads = []
+        for i in range(0, tokens.shape[0], batch_size):
+            ids = tokens[i:i + batch_size].to(model.device)
+            reads.append(model.read_sites(ids, torch.ones_like(ids), [cfg.output_site])[cfg.output_site])
         mean_activation = torch.cat([r[:, start:].reshape(-1, r.shape[-1]).float() for r in reads]).mean(0)
     modes = ("sae", "error_term", "zero", "mean")
     ce = {m: 0.0 for m in ("clean", *modes)}

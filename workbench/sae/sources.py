@@ -198,9 +198,9 @@ class LiveSource(ActivationSource):
         parts: dict[str, list[torch.Tensor]] = {site: [] for site in self.sites}
         for start in range(0, ctx.numel(), self.forward_batch):
             ids = self.tokens[ctx[start:start + self.forward_batch]].to(self.model.device)
-            result = self.model.forward_with_edits(ids, None, {}, reads=self.sites, return_logits=False)
+            reads = self.model.read_sites(ids, torch.ones_like(ids), self.sites)  # stops after the last site
             for site in self.sites:
-                acts = result.reads[site]
+                acts = reads[site]
                 if self.drop_bos:
                     acts = acts[:, 1:]
                 parts[site].append(acts.reshape(-1, acts.shape[-1]).to(device or "cpu", self.dtype))
