@@ -13,10 +13,12 @@ Three kernels, each with a launcher that has the shape contract of its reference
 - `_gather_dot_kernel` (decode d_acts when W_dec needs no gradient): out[n, j] = <r[n], T[idx[n, j]]>.
 - `_scatter_rows_kernel` (decode dW_dec, encoder dW_enc / db_enc): out[l] = sum over pairs with
   idx == l of c * r[n]. The (row, slot) pairs are sorted by latent (torch.sort) so that each
-  program owns BLOCK_L consecutive latents and the contiguous run of pairs naming them: it
-  accumulates its [BLOCK_L, BLOCK_D] tile of out with one-hot matrix products on the tensor
-  cores (S^T @ R, S holding each pair's coefficient in its latent's column), writes every row
-  of its tile once (zeros for latents nobody named), and never uses atomics. Fused options:
+  program owns BLOCK_L consecutive latents and the contiguous run of pairs naming them, over
+  all columns: it builds each [BLOCK_L, BLOCK_D] tile of out with a one-hot matrix product on
+  the tensor cores (S^T @ R, S holding each pair's coefficient in its latent's column),
+  writes every row once (zeros for latents nobody named), and never uses atomics. When the
+  group's pairs fit one block (the usual case) their metadata is loaded once and the column
+  loop's loads are independent, so they pipeline; longer segments take a general path. Fused options:
   the dot products <r[n], T[l]> of every pair (decode d_acts, with T = W_dec, read once per
   latent instead of once per pair) and the per-latent coefficient sums (encoder db_enc).
   Products run on bf16/fp16 operands when codes and rows are half precision (fp32 weights
@@ -100,31 +102,25 @@ def _gather_dot_kernel(
 @triton.jit
 def _scatter_rows_kernel(
     perm_ptr, keys_ptr, group_start_ptr, coef_ptr, rows_ptr, out_ptr, table_ptr, dots_ptr, coef_sum_ptr,
-    M, K, D, P,
+    M, K, D,
     stride_cn, stride_ck, stride_rn, stride_rd, stride_om, stride_od, stride_tm, stride_td,
     FUSE_DOT: tl.constexpr, COEF_SUM: tl.constexpr, SKIP_ZERO: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    # One program per group of BLOCK_L consecutive latents, over all D columns.
     group = tl.program_id(0)
-    col_block = tl.program_id(1)
     first = group * BLOCK_L
     lanes = tl.arange(0, BLOCK_L)
     latents = first + lanes
     latent_ok = latents < M
-    cols = col_block * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_ok = cols < D
+    latents64 = latents.to(tl.int64)
     start = tl.load(group_start_ptr + group)
     end = tl.load(group_start_ptr + group + 1)
-    acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     coef_sum = tl.zeros((BLOCK_L,), dtype=tl.float32)
-    if FUSE_DOT:
-        # This group's rows of T, transposed: [BLOCK_D, BLOCK_L], read once for all its pairs.
-        table_t = tl.load(
-            table_ptr + latents[None, :].to(tl.int64) * stride_tm + cols[:, None] * stride_td,
-            mask=latent_ok[None, :] & col_ok[:, None] & (end > start), other=0.0,
-        )
-    for p0 in range(start, end, BLOCK_P):
-        positions = p0 + tl.arange(0, BLOCK_P)
+    if end - start <= BLOCK_P:
+        # Fast path (the usual case): all the group's pairs fit one block, so their metadata
+        # is loaded once and the column loop has independent iterations (pipelined).
+        positions = start + tl.arange(0, BLOCK_P)
         pair_ok = positions < end
         pair = tl.load(perm_ptr + positions, mask=pair_ok, other=0).to(tl.int64)
         local = tl.load(keys_ptr + positions, mask=pair_ok, other=-1).to(tl.int32) - first
@@ -134,31 +130,77 @@ def _scatter_rows_kernel(
         load_ok = pair_ok
         if SKIP_ZERO:
             load_ok = pair_ok & (coef != 0.0)
-        r = tl.load(rows_ptr + row[:, None] * stride_rn + cols[None, :] * stride_rd, mask=load_ok[:, None] & col_ok[None, :], other=0.0)
         onehot_t = lanes[:, None] == local[None, :]  # [BLOCK_L, BLOCK_P]: pair p names latent first + l
         s_t = tl.where(onehot_t, coef[None, :], 0.0)
-        if DOT_FP32:
-            acc = tl.dot(s_t, r.to(tl.float32), acc, input_precision="tf32x3")
-        else:
-            acc = tl.dot(s_t.to(r.dtype), r, acc)
         if COEF_SUM:
-            coef_sum += tl.sum(s_t, axis=1)
-        if FUSE_DOT:
+            coef_sum = tl.sum(s_t, axis=1)
+        products = tl.zeros((BLOCK_P, BLOCK_L), dtype=tl.float32)
+        for c0 in range(0, D, BLOCK_D):
+            cols = c0 + tl.arange(0, BLOCK_D)
+            col_ok = cols < D
+            r = tl.load(rows_ptr + row[:, None] * stride_rn + cols[None, :] * stride_rd,
+                        mask=load_ok[:, None] & col_ok[None, :], other=0.0)
             if DOT_FP32:
-                products = tl.dot(r.to(tl.float32), table_t.to(tl.float32), input_precision="tf32x3")
+                tile = tl.dot(s_t, r.to(tl.float32), input_precision="tf32x3")
             else:
-                products = tl.dot(r, table_t.to(r.dtype))  # [BLOCK_P, BLOCK_L]
-            onehot = lanes[None, :] == local[:, None]
-            dots = tl.sum(tl.where(onehot, products, 0.0), axis=1)
-            tl.store(dots_ptr + col_block.to(tl.int64) * P + pair, dots, mask=pair_ok)
-    tl.store(
-        out_ptr + latents[:, None].to(tl.int64) * stride_om + cols[None, :] * stride_od,
-        acc.to(out_ptr.dtype.element_ty),
-        mask=latent_ok[:, None] & col_ok[None, :],
-    )
+                tile = tl.dot(s_t.to(r.dtype), r)
+            tl.store(out_ptr + latents64[:, None] * stride_om + cols[None, :] * stride_od,
+                     tile.to(out_ptr.dtype.element_ty), mask=latent_ok[:, None] & col_ok[None, :])
+            if FUSE_DOT:
+                table_t = tl.load(table_ptr + latents64[None, :] * stride_tm + cols[:, None] * stride_td,
+                                  mask=latent_ok[None, :] & col_ok[:, None] & (end > start), other=0.0)
+                if DOT_FP32:
+                    products = tl.dot(r.to(tl.float32), table_t.to(tl.float32), products, input_precision="tf32x3")
+                else:
+                    products = tl.dot(r, table_t.to(r.dtype), products)
+        if FUSE_DOT:
+            dots = tl.sum(tl.where(lanes[None, :] == local[:, None], products, 0.0), axis=1)
+            tl.store(dots_ptr + pair, dots, mask=pair_ok)
+    else:
+        # General path (a latent segment longer than a block, e.g. skewed data): columns
+        # outer, pair blocks inner; each pair's dot is summed across column blocks in place
+        # (this program alone owns those pairs).
+        for c0 in range(0, D, BLOCK_D):
+            cols = c0 + tl.arange(0, BLOCK_D)
+            col_ok = cols < D
+            acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+            if FUSE_DOT:
+                table_t = tl.load(table_ptr + latents64[None, :] * stride_tm + cols[:, None] * stride_td,
+                                  mask=latent_ok[None, :] & col_ok[:, None], other=0.0)
+            for p0 in range(start, end, BLOCK_P):
+                positions = p0 + tl.arange(0, BLOCK_P)
+                pair_ok = positions < end
+                pair = tl.load(perm_ptr + positions, mask=pair_ok, other=0).to(tl.int64)
+                local = tl.load(keys_ptr + positions, mask=pair_ok, other=-1).to(tl.int32) - first
+                row = pair // K
+                slot = pair - row * K
+                coef = tl.load(coef_ptr + row * stride_cn + slot * stride_ck, mask=pair_ok, other=0.0).to(tl.float32)
+                load_ok = pair_ok
+                if SKIP_ZERO:
+                    load_ok = pair_ok & (coef != 0.0)
+                r = tl.load(rows_ptr + row[:, None] * stride_rn + cols[None, :] * stride_rd,
+                            mask=load_ok[:, None] & col_ok[None, :], other=0.0)
+                onehot_t = lanes[:, None] == local[None, :]
+                s_t = tl.where(onehot_t, coef[None, :], 0.0)
+                if DOT_FP32:
+                    acc = tl.dot(s_t, r.to(tl.float32), acc, input_precision="tf32x3")
+                else:
+                    acc = tl.dot(s_t.to(r.dtype), r, acc)
+                if COEF_SUM:
+                    if c0 == 0:
+                        coef_sum += tl.sum(s_t, axis=1)
+                if FUSE_DOT:
+                    if DOT_FP32:
+                        part = tl.dot(r.to(tl.float32), table_t.to(tl.float32), input_precision="tf32x3")
+                    else:
+                        part = tl.dot(r, table_t.to(r.dtype))
+                    dots = tl.sum(tl.where(lanes[None, :] == local[:, None], part, 0.0), axis=1)
+                    previous = tl.load(dots_ptr + pair, mask=pair_ok & (c0 > 0), other=0.0)
+                    tl.store(dots_ptr + pair, previous + dots, mask=pair_ok)
+            tl.store(out_ptr + latents64[:, None] * stride_om + cols[None, :] * stride_od,
+                     acc.to(out_ptr.dtype.element_ty), mask=latent_ok[:, None] & col_ok[None, :])
     if COEF_SUM:
-        if col_block == 0:
-            tl.store(coef_sum_ptr + latents, coef_sum, mask=latent_ok)
+        tl.store(coef_sum_ptr + latents, coef_sum, mask=latent_ok)
 
 
 # Candidate launch configs, the first of each list being the default (and the one the CPU
@@ -187,11 +229,11 @@ GATHER_DOT = Tuner("gather_dot", [
     dict(BLOCK_K=64, BLOCK_D=128, num_warps=8),
 ])
 SCATTER_ROWS = Tuner("scatter_rows", [
-    dict(BLOCK_L=16, BLOCK_P=32, BLOCK_D=128, num_warps=4, num_stages=1),
-    dict(BLOCK_L=16, BLOCK_P=32, BLOCK_D=256, num_warps=8, num_stages=1),
-    dict(BLOCK_L=32, BLOCK_P=64, BLOCK_D=128, num_warps=4, num_stages=2),
-    dict(BLOCK_L=16, BLOCK_P=16, BLOCK_D=256, num_warps=4, num_stages=2),
-    dict(BLOCK_L=64, BLOCK_P=64, BLOCK_D=64, num_warps=4, num_stages=2),
+    dict(BLOCK_L=16, BLOCK_P=64, BLOCK_D=128, num_warps=4, num_stages=3),
+    dict(BLOCK_L=16, BLOCK_P=32, BLOCK_D=128, num_warps=4, num_stages=3),
+    dict(BLOCK_L=16, BLOCK_P=64, BLOCK_D=64, num_warps=4, num_stages=4),
+    dict(BLOCK_L=32, BLOCK_P=128, BLOCK_D=64, num_warps=8, num_stages=3),
+    dict(BLOCK_L=16, BLOCK_P=128, BLOCK_D=64, num_warps=4, num_stages=3),
 ])
 
 
@@ -308,41 +350,32 @@ def scatter_rows(
     # the fused dot rounded to it (as autocast rounds fp32 weights for a bf16 matmul).
     dot_fp32 = torch.float32 in (coefs.dtype, rows.dtype) or (coefs.dtype != rows.dtype)
     table_arg = dot_table if fuse_dot else rows
-    dot_buffers: dict[int, torch.Tensor] = {}
+    # Pairs naming no valid latent are never visited: their dot stays 0.
+    dots = torch.zeros(max(n_pairs, 1), dtype=torch.float32, device=device) if fuse_dot else None
     group_starts: dict[int, torch.Tensor] = {}
 
     def launch(config: dict):
         meta, options = launch_args(config)
-        block_l, block_d = meta["BLOCK_L"], meta["BLOCK_D"]
-        n_groups, n_col_blocks = triton.cdiv(n_out, block_l), triton.cdiv(width, block_d)
+        block_l = meta["BLOCK_L"]
+        n_groups = triton.cdiv(n_out, block_l)
         if block_l not in group_starts:
             bounds = torch.arange(0, n_groups + 1, device=device, dtype=torch.int64) * block_l
             group_starts[block_l] = torch.searchsorted(sorted_keys, bounds.to(sorted_keys.dtype))
-        if fuse_dot and n_col_blocks not in dot_buffers:
-            # Pairs naming no valid latent are never visited: their dot stays 0.
-            dot_buffers[n_col_blocks] = torch.zeros(n_col_blocks, max(n_pairs, 1), dtype=torch.float32, device=device)
-        dots_arg = dot_buffers[n_col_blocks] if fuse_dot else out
-        _scatter_rows_kernel[(n_groups, n_col_blocks)](
-            perm, sorted_keys, group_starts[block_l], coefs, rows, out, table_arg, dots_arg,
-            sums if sums is not None else out,
-            n_out, k, width, n_pairs,
+        _scatter_rows_kernel[(n_groups,)](
+            perm, sorted_keys, group_starts[block_l], coefs, rows, out, table_arg,
+            dots if fuse_dot else out, sums if sums is not None else out,
+            n_out, k, width,
             coefs.stride(0), coefs.stride(1), rows.stride(0), rows.stride(1),
             out.stride(0), out.stride(1), table_arg.stride(0), table_arg.stride(1),
             FUSE_DOT=fuse_dot, COEF_SUM=coef_sums, SKIP_ZERO=skip_zero and not fuse_dot, DOT_FP32=dot_fp32,
             **meta, **options,
         )
-        return triton.cdiv(width, block_d)
 
     if n_out == 0 or width == 0:
         return out, (torch.zeros(n_rows, k, dtype=torch.float32, device=device) if fuse_dot else None), sums
     key = (bucket(n_pairs), bucket(n_out), width, coefs.dtype, rows.dtype, out.dtype, fuse_dot)
-    config = SCATTER_ROWS.pick(key, device, launch)
-    n_col_blocks = launch(config)
-    dots = None
-    if fuse_dot:
-        partial = dot_buffers[n_col_blocks][:, :n_pairs]
-        dots = (partial[0] if n_col_blocks == 1 else partial.sum(0)).view(n_rows, k)
-    return out, dots, sums
+    launch(SCATTER_ROWS.pick(key, device, launch))
+    return out, (dots[:n_pairs].view(n_rows, k) if fuse_dot else None), sums
 
 
 def decode_forward(
