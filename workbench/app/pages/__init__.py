@@ -18,4 +18,5 @@ class PageSpec:
 
 PAGES: list[PageSpec] = [
     PageSpec("activations", "Activations", "workbench.app.pages.activations"),
+    PageSpec("steering", "Steering", "workbench.app.pages.steering"),
 ]
