@@ -65,6 +65,7 @@ def _topk_rows_kernel(
     M, K,
     stride_pn, stride_pm, stride_vn, stride_vk, stride_in, stride_ik,
     KEY_BITS: tl.constexpr, ABSOLUTE: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     row_ptr = pre_ptr + row * stride_pn
@@ -74,7 +75,7 @@ def _topk_rows_kernel(
     for digit_pass in tl.static_range(KEY_BITS // 8):
         shift = KEY_BITS - 8 * (digit_pass + 1)
         hist = tl.zeros((256,), dtype=tl.int32)
-        for m0 in range(0, M, BLOCK):
+        for m0 in tl.range(0, M, BLOCK, num_stages=STAGES):  # prefetch the next blocks
             offs = m0 + tl.arange(0, BLOCK)
             ok = offs < M
             values = tl.load(row_ptr + offs * stride_pm, mask=ok, other=0.0)
@@ -94,7 +95,7 @@ def _topk_rows_kernel(
     # prefix is now the k-th largest key; `remaining` of the slots go to keys equal to it.
     taken = row.to(tl.int32) * 0
     ties_seen = row.to(tl.int32) * 0
-    for m0 in range(0, M, BLOCK):
+    for m0 in tl.range(0, M, BLOCK, num_stages=STAGES):
         offs = m0 + tl.arange(0, BLOCK)
         ok = offs < M
         values = tl.load(row_ptr + offs * stride_pm, mask=ok, other=0.0)
@@ -118,14 +119,14 @@ def _topk_rows_kernel(
         ties_seen += tl.sum(tie.to(tl.int32), 0)
 
 
-# One program per row streams the row BLOCK elements at a time: large blocks keep enough
-# bytes in flight per SM (a program's passes are sequential).
+# One program per row streams the row BLOCK elements at a time; its passes are sequential,
+# so bytes in flight per SM come from large blocks or from prefetching STAGES blocks ahead.
 TOPK_ROWS = Tuner("topk_rows", [
-    dict(BLOCK=8192, num_warps=16),
-    dict(BLOCK=4096, num_warps=8),
-    dict(BLOCK=4096, num_warps=16),
-    dict(BLOCK=8192, num_warps=8),
-    dict(BLOCK=2048, num_warps=4),
+    dict(BLOCK=2048, STAGES=3, num_warps=4),
+    dict(BLOCK=4096, STAGES=3, num_warps=8),
+    dict(BLOCK=8192, STAGES=1, num_warps=16),
+    dict(BLOCK=4096, STAGES=1, num_warps=8),
+    dict(BLOCK=1024, STAGES=4, num_warps=4),
 ])
 
 
