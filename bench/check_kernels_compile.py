@@ -64,7 +64,7 @@ def signature_of(kernel, args: tuple, kwargs: dict):
     values.update(kwargs)
     signature, constexprs, attrs = {}, {}, {}
     for index, param in enumerate(kernel.params):
-        value = values[param.name]
+        value = values[param.name] if param.name in values else param.default  # defaults as the JIT binds them
         if param.is_constexpr:
             signature[param.name], constexprs[param.name] = "constexpr", value
         elif isinstance(value, torch.Tensor):

@@ -47,6 +47,7 @@ def _gather_sum_kernel(
     N, K, M, D,
     stride_cn, stride_ck, stride_in, stride_ik, stride_tm, stride_td, stride_b, stride_on, stride_od,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr,
+    STAGES: tl.constexpr = 1,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -54,7 +55,7 @@ def _gather_sum_kernel(
     col_ok = cols < D
     rows64 = rows.to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    for j0 in range(0, K, UNROLL):
+    for j0 in tl.range(0, K, UNROLL, num_stages=STAGES):  # STAGES > 1: prefetch the next slots
         for u in tl.static_range(UNROLL):
             slot_ok = row_ok & (j0 + u < K)
             latent = tl.load(idx_ptr + rows64 * stride_in + (j0 + u) * stride_ik, mask=slot_ok, other=0).to(tl.int64)
@@ -222,6 +223,7 @@ GATHER_SUM_LARGE = Tuner("gather_sum_large", [
     dict(BLOCK_N=32, BLOCK_D=256, UNROLL=2, num_warps=8),
     dict(BLOCK_N=8, BLOCK_D=512, UNROLL=4, num_warps=4),
     dict(BLOCK_N=64, BLOCK_D=128, UNROLL=2, num_warps=8),
+    dict(BLOCK_N=16, BLOCK_D=256, UNROLL=2, STAGES=3, num_warps=4),
 ])
 GATHER_DOT = Tuner("gather_dot", [
     dict(BLOCK_K=16, BLOCK_D=256, num_warps=4),
