@@ -1,0 +1,1 @@
+"""ipywidgets shells over the GUI-free view-models (workbench.viewmodels), for notebooks."""
