@@ -34,6 +34,7 @@ from triton.compiler import ASTSource  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workbench.atomic import write_json  # noqa: E402
+from workbench.kernels.batch_topk import triton as batch_topk_kernels  # noqa: E402
 from workbench.kernels.decode import triton as decode_kernels  # noqa: E402
 from workbench.kernels.encode import triton as encode_kernels  # noqa: E402
 from workbench.kernels.tuning import force_config  # noqa: E402
@@ -153,6 +154,10 @@ def scenarios(quick: bool):
         ("topk select bf16 masked", encode_kernels.TOPK_ROWS, select(4096, 65536, 512, bf16, masked=True)),
         ("encode bwd (scatter)", decode_kernels.SCATTER_ROWS, encode_bwd(4096, 2304, 65536, 64)),
         ("encode bwd fp32", decode_kernels.SCATTER_ROWS, encode_bwd(4096, 2304, 65536, 64, gdtype=f32)),
+        ("batch topk bf16", batch_topk_kernels.BATCH_TOPK,
+         lambda: batch_topk_kernels.batch_topk_indices(torch.empty(4096, 65536, dtype=bf16, device=meta), 262144)),
+        ("batch topk fp32", batch_topk_kernels.BATCH_TOPK,
+         lambda: batch_topk_kernels.batch_topk_indices(torch.empty(4096, 65536, dtype=f32, device=meta), 262144)),
     ]
     for name, tuner, launch in items:
         for config in tuner.candidates[:1] if quick else tuner.candidates:
@@ -165,7 +170,9 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     kernels = [decode_kernels._gather_sum_kernel, decode_kernels._gather_dot_kernel,
-               decode_kernels._scatter_rows_kernel, encode_kernels._topk_rows_kernel]
+               decode_kernels._scatter_rows_kernel, encode_kernels._topk_rows_kernel,
+               batch_topk_kernels._digit_histogram_kernel, batch_topk_kernels._count_kernel,
+               batch_topk_kernels._write_kernel]
     recorders = {}
     for kernel in kernels:
         recorders[kernel] = kernel.run = Recorder(kernel)

@@ -17,7 +17,8 @@ What it measures, in one process, after checking each op's output before timing 
 - one-token decode latency including Python dispatch (a host-timed loop of back-to-back
   calls) besides the event-timed median;
 - the TopK encoder: our radix select against torch.topk; the whole encode (GEMM + select,
-  with and without AuxK) and its backward against dense torch.
+  with and without AuxK) and its backward against dense torch; BatchTopK's selection of
+  the k*N largest of a batch against torch.topk + sort.
 
 Every time is a median (p10 and p90 kept) of triton.testing.do_bench, which clears the L2
 between repetitions. Every result carries the fraction of its memory-traffic floor
@@ -333,7 +334,22 @@ def topk_select(b: Bench) -> None:
         row["floor_ms"] = b.floor_ms(pre.numel() * 2 + n_rows * k * 10)
         row["x_torch"] = row["ms"]["torch_topk"]["ms"] / row["ms"]["ours"]["ms"]
         row["floor_fraction"] = row["floor_ms"] / row["ms"]["ours"]["ms"]
+        batch_n = n_rows * k  # BatchTopK: the k*N largest of the whole batch, flat order
+        relu_pre = pre.relu()
+        with use("triton"):
+            from workbench.kernels import batch_topk_indices
+
+            ours_batch = batch_topk_indices(relu_pre, batch_n)
+            if not torch.equal(relu_pre.view(-1)[ours_batch].sort().values,
+                               relu_pre.view(-1).topk(batch_n).values.sort().values):
+                raise AssertionError("batch top-k values differ from torch.topk")
+            row["ms"]["ours_batch_topk"] = b.time_ms(lambda: batch_topk_indices(relu_pre, batch_n))
+            row["ms"]["torch_batch_topk_plus_sort"] = b.time_ms(
+                lambda: relu_pre.view(-1).topk(batch_n, sorted=False).indices.sort())
+        del relu_pre
         b.record["topk_select"].append(row)
+        print(f"   batch topk [{n_rows} x {n_latents}] n={batch_n}: ours {row['ms']['ours_batch_topk']['ms']:.4f}  "
+              f"torch topk+sort {row['ms']['torch_batch_topk_plus_sort']['ms']:.4f}", flush=True)
         print(f"   topk [{n_rows}, {n_latents}] k={k}: ours {row['ms']['ours']['ms']:.4f}  torch {row['ms']['torch_topk']['ms']:.4f} "
               f"x{row['x_torch']:.1f}  floor={row['floor_fraction']:.2f}", flush=True)
         del pre

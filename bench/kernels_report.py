@@ -53,6 +53,10 @@ def kernels_tables(record: dict) -> list[str]:
         for row in record["topk_select"]:
             lines.append(f"| [{row['N']}, {row['d_sae']}] k={row['k']} | {_ms(row, 'ours')} | {_ms(row, 'torch_topk')} | "
                          f"{row['x_torch']:.1f} | {_ms(row, 'ours_aux_1152_dead_20pct')} / {_ms(row, 'torch_topk_aux')} | {row['floor_fraction']:.2f} |")
+        lines += ["", "| BatchTopK selection (k*N of N x d_sae) | ours | torch.topk + sort |", "|---|---|---|"]
+        for row in record["topk_select"]:
+            lines.append(f"| {row['N']} x {row['d_sae']}, n={row['N'] * row['k']} | {_ms(row, 'ours_batch_topk')} | "
+                         f"{_ms(row, 'torch_batch_topk_plus_sort')} |")
     for row in record.get("encode", []):
         lines += ["", f"Encoder N={row['N']}, {row['d_in']} -> {row['d_sae']}, k={row['k']} (ms): forward ours {_ms(row, 'ours_forward')} "
                   f"vs torch {_ms(row, 'torch_forward')} (GEMM alone {_ms(row, 'gemm_only')}); with AuxK {_ms(row, 'ours_forward_auxk')} vs "

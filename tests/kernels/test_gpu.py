@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.kernels import sparse_decode, topk_encode, use
+from workbench.kernels import batch_topk_indices, sparse_decode, topk_encode, use
 from workbench.kernels.decode import op as decode_op
 from workbench.kernels.decode import reference as decode_reference
 from workbench.kernels.encode import op as encode_op
@@ -30,6 +30,7 @@ CUDA = torch.device("cuda")
 DECODE = dict(n_rows=4096, k=64, n_latents=131072, width=4096)
 AUTOCAST = dict(n_latents=65536, width=2304, k=64, rows=(1, 7, 64, 4096))
 ENCODE = dict(n_rows=4096, d_in=2304, n_latents=65536, k=64, k_aux=1152)
+BATCH = dict(n_rows=4096, n_latents=65536, k=64)
 SMALL_ENCODE = dict(d_in=576, n_latents=16384, k=32, rows=(1, 100, 1000))
 POISON_BYTES = 3 << 30
 
@@ -166,3 +167,19 @@ def test_opcheck_on_cuda():
     dead = torch.rand(500, device=CUDA, generator=generator) < 0.3
     results = torch.library.opcheck(encode_op.topk_encode_op, (x, W_enc, b_enc, 16, dead, 8, False))
     assert set(results.values()) == {"SUCCESS"}, results
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_batch_topk_real_shape(dtype):
+    generator = torch.Generator(device=CUDA).manual_seed(5)
+    n_rows, n_latents, k = BATCH["n_rows"], BATCH["n_latents"], BATCH["k"]
+    values = torch.randn(n_rows, n_latents, device=CUDA, generator=generator).relu().to(dtype)
+    n = k * n_rows
+    poison_allocator()
+    with use("triton"):
+        idx = batch_topk_indices(values, n)
+    flat = values.reshape(-1)
+    assert idx.shape == (n,) and bool((idx.diff() > 0).all())
+    kth = flat.float().topk(n).values[-1]
+    assert bool((flat[idx].float() >= kth).all())
+    assert int((flat[idx].float() > kth).sum()) == int((flat.float() > kth).sum())

@@ -7,9 +7,10 @@
     with use("reference"):                                       # or "triton" / "auto"
         ...
     active_backend("sparse_decode", device, dtype)               # -> "reference" | "triton"
+    flat_idx = batch_topk_indices(relu_pre, k * N)               # BatchTopK: the k*N largest of a batch
 
-Each op lives in its own folder, `decode/` and `encode/` (topk_encode's folder is not
-named `topk_encode`, which would shadow the function once imported): `reference.py`
+Each op lives in its own folder, `decode/`, `encode/` and `batch_topk/` (topk_encode's
+folder is not named `topk_encode`, which would shadow the function once imported): `reference.py`
 (plain torch, fp32 accumulation: the spec), `triton.py` (the kernels and their
 launchers), `op.py` (autograd for the reference; torch.library custom op + fake +
 autograd for the Triton path). `dispatch.py` picks the
@@ -18,7 +19,7 @@ backend lazily per (op, device type, dtype): Triton on CUDA, the reference elsew
 package registers the torch.library ops and imports neither triton nor torch._dynamo.
 """
 
-from workbench.kernels.api import sparse_decode, topk_encode
+from workbench.kernels.api import batch_topk_indices, sparse_decode, topk_encode
 from workbench.kernels.dispatch import active_backend, use
 
-__all__ = ["sparse_decode", "topk_encode", "use", "active_backend"]
+__all__ = ["sparse_decode", "topk_encode", "batch_topk_indices", "use", "active_backend"]

@@ -20,6 +20,8 @@ import importlib
 import torch
 
 from workbench.errors import WorkbenchError
+from workbench.kernels.batch_topk import op as batch_topk_op
+from workbench.kernels.batch_topk import reference as batch_topk_reference
 from workbench.kernels.decode import op as decode_op
 from workbench.kernels.dispatch import active_backend
 from workbench.kernels.encode import op as encode_op
@@ -149,3 +151,23 @@ def topk_encode(
             return _triton_module("encode").encode_forward(x, W_enc, b_enc, k, dead_mask, k_aux, absolute)
         return encode_op.topk_encode_op(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
     return encode_op.ReferenceTopKEncode.apply(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
+
+
+def batch_topk_indices(values: torch.Tensor, n: int) -> torch.Tensor:
+    """Flat indices [n] int64, ascending, of the n largest entries of `values` (any shape).
+
+    BatchTopK's selection: values = ReLU(pre) [N, d_sae], n = k * N; row = idx // d_sae,
+    latent = idx % d_sae. Integer output, no gradient: gather the values you need from
+    `values` (which keeps its graph). Among ties at the n-th place the choice is
+    unspecified (the Triton kernel keeps the lowest indices).
+    """
+    if not values.is_floating_point():
+        raise WorkbenchError(f"batch_topk_indices expects floating values; got {values.dtype}")
+    if not (0 <= int(n) <= values.numel()):
+        raise WorkbenchError(f"batch_topk_indices expects 0 <= n <= {values.numel()} (the number of entries); got n = {n}")
+    backend = active_backend("batch_topk", values.device, values.dtype)
+    if backend == "triton":
+        if torch.compiler.is_compiling():
+            return batch_topk_op.batch_topk_indices_op(values, int(n))
+        return _triton_module("batch_topk").batch_topk_indices(values, int(n))
+    return batch_topk_reference.batch_topk_indices(values, int(n))

@@ -40,6 +40,11 @@ def force_config(kernel: str, config: dict) -> Iterator[None]:
             _forced[kernel] = previous
 
 
+def forced_config(kernel: str) -> dict | None:
+    """The config `force_config` set for `kernel`, if any (for launchers that do not time candidates)."""
+    return _forced.get(kernel)
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -1,0 +1,1 @@
+"""BatchTopK selection: the flat indices of the n largest entries of a whole batch; reference, Triton, op."""
