@@ -16,6 +16,7 @@ from workbench.steering.scores import (
     logit_lens_tokens,
     output_scores,
     top_examples,
+    top_examples_from_store,
 )
 from workbench.steering.scores_store import read_scores, sidecar_path, write_scores
 
@@ -109,3 +110,29 @@ def test_scores_are_stored_and_read_back(tmp_path):
         write_scores(store, {"fancy_score": torch.zeros(4)})
     with pytest.raises(WorkbenchError, match="has 3 values"):
         write_scores(store, {"input_score": torch.zeros(3)}, d_sae=4)
+
+
+def test_scores_go_into_a_harvested_feature_store(tmp_path, model, sae):
+    from workbench.features.harvest import HarvestConfig, harvest
+    from workbench.features.store import FeatureStore
+
+    store_path = tmp_path / "tiny.sqlite"
+    config = HarvestConfig(corpus="jargon", split="all", n_tokens=2048, context_size=32, batch_size=8, umap=False)
+    harvest(model, sae, store_path, config, sae_name="tiny")
+    lens = logit_lens_tokens(model, sae)
+    with FeatureStore(store_path) as store:
+        examples = top_examples_from_store(store, n_examples=config.n_top)
+        card = store.card(0)
+    top = card.examples_of("top")
+    assert examples.values[0, 0] == top[0].value and examples.tokens[0, 0] == top[0].token_ids[top[0].peak]
+    scores = input_scores_from_examples(examples, lens, min_examples=2)
+    finite = scores[~torch.isnan(scores)]
+    assert finite.numel() > 0 and ((finite >= 0) & (finite <= 1)).all()
+    output = output_scores(model, sae, lens=lens).scores
+    write_scores(store_path, {"input_score": scores, "output_score": output}, d_sae=sae.cfg.d_sae)
+    with FeatureStore(store_path) as store:
+        assert store.has_scores() == {"input_score": True, "output_score": True}
+        assert torch.allclose(torch.from_numpy(store.scores("output_score")).float(), output)
+        ranked = store.list_features("output_score", limit=3)
+    assert [row["feature"] for row in ranked] == output.argsort(descending=True)[:3].tolist()
+    assert torch.allclose(read_scores(store_path, sae.cfg.d_sae)["output_score"], output)

@@ -191,6 +191,20 @@ def top_examples(model, sae, corpus: str = "default", *, max_tokens: int = 65_53
     return TopExamples(values=values, tokens=tokens, n_contexts=len(packed))
 
 
+def top_examples_from_store(store, n_examples: int = TOP_EXAMPLES) -> TopExamples:
+    """TopExamples from a harvested feature store (`workbench.features.store.FeatureStore`):
+    each latent's stored "top" contexts, their peak values and peak token ids."""
+    d_sae = int(store.d_sae)
+    values = torch.full((d_sae, n_examples), float("-inf"))
+    tokens = torch.full((d_sae, n_examples), -1, dtype=torch.long)
+    for index in range(d_sae):
+        top = store.contexts(index, kind="top")[:n_examples]
+        for slot, example in enumerate(top):
+            values[index, slot] = example.value
+            tokens[index, slot] = example.token_ids[example.peak]
+    return TopExamples(values=values, tokens=tokens, n_contexts=-1)
+
+
 def input_scores_from_examples(examples: TopExamples, lens: torch.Tensor, *,
                                min_examples: int = MIN_EXAMPLES) -> torch.Tensor:
     """[d_sae] share of activating top examples whose max token is a logit-lens token (NaN below min_examples)."""

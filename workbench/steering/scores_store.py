@@ -67,12 +67,12 @@ def write_scores(store_path: str | Path, scores: dict[str, torch.Tensor], *, d_s
     written = {name: str(sidecar) for name in checked}
     store = _open_store(store_path)
     if store is not None:
-        for name, values in checked.items():
-            store.set_scores(name, values.numpy())
-            written[name] += f" + {store_path}"
-        close = getattr(store, "close", None)
-        if close is not None:
-            close()
+        try:
+            for name, values in checked.items():
+                store.set_scores(name, values.numpy())
+                written[name] += f" + {store_path}"
+        finally:
+            store.close()
     return written
 
 
@@ -91,10 +91,23 @@ def _read_sidecar(sidecar: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 
 def read_scores(store_path: str | Path, d_sae: int | None = None) -> dict[str, torch.Tensor]:
-    """Scores known for an SAE (name -> float32 [d_sae], NaN = not scored); {} when none."""
+    """Scores known for an SAE (name -> float32 [d_sae], NaN = not scored); {} when none.
+
+    The feature store's columns win where they hold values; the sidecar fills the rest.
+    """
+    store_path = Path(store_path)
     tensors, _ = _read_sidecar(sidecar_path(store_path))
     out = {}
     for name, values in tensors.items():
         if name in SCORE_NAMES and (d_sae is None or values.numel() == d_sae):
             out[name] = values.float()
+    store = _open_store(store_path)
+    if store is not None:
+        try:
+            present = store.has_scores()
+            for name in SCORE_NAMES:
+                if present.get(name) and (d_sae is None or store.d_sae == d_sae):
+                    out[name] = torch.from_numpy(store.scores(name)).float()
+        finally:
+            store.close()
     return out
