@@ -1,0 +1,118 @@
+"""Training throughput of every SAE architecture: tokens per second of one full training step.
+
+    python bench/train.py              # CPU, the shapes below; table + bench/results/train-<machine>.json
+    python bench/train.py --gpu        # also on CUDA, then bench/train_step_gpu.py (TopK at d_in 2304,
+                                       # d_sae 65536, k 64 against EleutherAI sparsify)
+
+One step = `training_step` (forward and loss, AuxK on with 10% of the latents dead) +
+backward + removal of the decoder gradient's parallel part + Adam + decoder renormalisation:
+exactly what the trainer does per dictionary, without the data loading. Shapes (CPU):
+d_in 576 (SmolLM2's residual stream), d_sae 4096, k 32, batch 2048 tokens, fp32; on CUDA
+d_sae 16384, batch 4096, fp32 parameters with bf16 autocast. Medians over `--steps` steps
+after `--warmup` steps. `mp` runs k greedy steps with a full encoder product each, so it is
+expected to be about k times slower than TopK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from workbench.sae import ARCHITECTURE_NAMES, SaeConfig, create_sae  # noqa: E402
+
+CPU_SHAPE = {"d_in": 576, "d_sae": 4096, "k": 32, "batch": 2048}
+GPU_SHAPE = {"d_in": 576, "d_sae": 16384, "k": 32, "batch": 4096}
+
+
+def step_seconds(arch: str, shape: dict, device: torch.device, steps: int, warmup: int) -> list[float]:
+    k = None if arch in ("relu", "jumprelu") else shape["k"]
+    cfg = SaeConfig(arch, shape["d_in"], shape["d_sae"], k=k, l1_coefficient=1.0)
+    sae = create_sae(cfg, device=device).train()
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape["batch"], shape["d_in"], generator=gen).to(device)
+    sae.initialize_from_data(x)
+    dead = (torch.arange(shape["d_sae"]) % 10 == 0).to(device)
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = sae.training_step(x, dead_mask=dead)
+        out.loss.backward()
+        sae.remove_parallel_grad()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+        sae.observe(out.stats)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def measure(device: torch.device, shape: dict, steps: int, warmup: int, archs) -> dict:
+    rows = {}
+    for arch in archs:
+        times = step_seconds(arch, shape, device, steps if arch != "mp" else max(2, steps // 4), warmup)
+        median = statistics.median(times)
+        rows[arch] = {"median_step_s": median, "tokens_per_s": shape["batch"] / median, "steps_timed": len(times)}
+        print(f"  {device.type:<5}{arch:<19}{median * 1e3:10.1f} ms{shape['batch'] / median:14,.0f} tok/s", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", action="store_true", help="also measure on CUDA and run bench/train_step_gpu.py")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--archs", nargs="*", default=list(ARCHITECTURE_NAMES))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="results folder (default $OUT or bench/results)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out_dir = Path(args.out or os.environ.get("OUT") or Path(__file__).parent / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = platform.processor() or platform.machine() or "cpu"
+    record = {"machine": {"cpu": machine, "threads": torch.get_num_threads(), "torch": torch.__version__},
+              "step": "training_step + backward + parallel-grad removal + Adam + decoder renorm, AuxK on",
+              "cpu": {"shape": CPU_SHAPE, "dtype": "float32", "results": {}}}
+    print(f"SAE training step, CPU ({torch.get_num_threads()} threads), shape {CPU_SHAPE}")
+    record["cpu"]["results"] = measure(torch.device("cpu"), CPU_SHAPE, args.steps, args.warmup, args.archs)
+    name = "train-cpu.json"
+    if args.gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu needs CUDA")
+        gpu = torch.cuda.get_device_name(0)
+        print(f"SAE training step, {gpu}, shape {GPU_SHAPE}, fp32 parameters + bf16 autocast")
+        record["gpu"] = {"device": gpu, "shape": GPU_SHAPE, "dtype": "fp32 + bf16 autocast",
+                         "results": measure(torch.device("cuda"), GPU_SHAPE, args.steps * 3, args.warmup * 2, args.archs)}
+        name = "train-" + ("h200" if "H200" in gpu else "gpu") + ".json"
+        import train_step_gpu  # bench/train_step_gpu.py (the kernels engineer's), beside this file
+
+        record["topk_vs_sparsify"] = train_step_gpu.run(out_dir)
+    path = out_dir / name
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\n{'device':<7}{'architecture':<19}{'step':>13}{'tokens/s':>18}")
+    for section in ("cpu", "gpu"):
+        for arch, row in record.get(section, {}).get("results", {}).items():
+            print(f"{section:<7}{arch:<19}{row['median_step_s'] * 1e3:10.1f} ms{row['tokens_per_s']:18,.0f}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # so --gpu can import train_step_gpu
+    main()
