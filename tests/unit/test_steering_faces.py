@@ -78,6 +78,17 @@ def test_view_model_search_open_by_id_and_sweep(vm, model):
     assert 2 in [index for index, _ in vm.search_results]  # the feature that writes that token
     assert vm.open_feature_id(f"tiny-llama/{SITE}/{SAE_NAME}/3")
     assert [f["index"] for f in vm.features] == [3] and vm.feature_id.endswith("/3")
+    # with a harvested feature store, a word also finds the features that fire on it
+    from workbench.catalog import get_sae
+    from workbench.features.harvest import HarvestConfig, harvest
+    from workbench.sae import load_sae
+
+    entry = get_sae("tiny-llama", SAE_NAME)
+    harvest(model, load_sae(entry.folder), entry.feature_store, HarvestConfig(
+        corpus="jargon", split="all", n_tokens=1024, context_size=32, batch_size=8, umap=False), sae_name=SAE_NAME)
+    vm.query = "the"
+    assert vm.search(), vm.error
+    assert any("fires on 'the'" in label for _, label in vm.search_results)
     vm.sweep_coefs = "0, 2"
     assert vm.sweep(), vm.error
     kinds = [row["kind"] for row in vm.sweep_rows]

@@ -176,8 +176,9 @@ class SteeringViewModel(param.Parameterized):
     # ------------------------------------------------------------------ search
     def search(self) -> bool:
         """Fill `search_results`: an index finds that feature; a word finds the features whose
-        top logit-lens tokens contain it (best output score first when scores are stored);
-        an empty query lists the top features by output score."""
+        top logit-lens tokens contain it (best output score first when scores are stored),
+        then those that fire most on it in the feature store (when harvested); an empty
+        query lists the top features by output score."""
         return self._run(self._search)
 
     def _search(self) -> None:
@@ -207,15 +208,34 @@ class SteeringViewModel(param.Parameterized):
             first = match.float().argmax(dim=1)
             key = (-torch.nan_to_num(scores[rows], nan=-1.0)) if scores is not None else first[rows].float()
             hits = rows[key.argsort()][:MAX_SEARCH_RESULTS].tolist()
-            if not hits:
-                raise WorkbenchError(f"no feature of {entry.name} has {query!r} among its top logit-lens tokens")
+            fires = self._fires_on(entry, query, exclude=set(hits))
+            if not hits and not fires:
+                raise WorkbenchError(f"no feature of {entry.name} has {query!r} among its top logit-lens tokens "
+                                     "(nor fires on it in the feature store); try another word or an index")
         results = []
         for index in hits:
             label = self.feature_label(index)
             if scores is not None and not torch.isnan(scores[index]):
                 label += f"  (output score {float(scores[index]):.3f})"
             results.append((int(index), label))
+        if query and not query.lstrip("-").isdigit():
+            results += [(index, self.feature_label(index) + f"  (fires on {query!r})") for index in fires]
         self.search_results = results
+
+    def _fires_on(self, entry, query: str, exclude: set[int], limit: int = 10) -> list[int]:
+        """Features that fire most on the token `query` in the harvested feature store (the
+        features engineer's token index), when the store exists; [] otherwise."""
+        if not entry.feature_store.is_file():
+            return []
+        from workbench.features.search import features_by_token
+        from workbench.features.store import FeatureStore
+
+        try:
+            with FeatureStore(entry.feature_store, model=self.model.name) as store:
+                rows = features_by_token(store, query, limit=limit)
+        except WorkbenchError:  # the token is not in the harvested text: only the logit-lens hits count
+            return []
+        return [int(r["feature"]) for r in rows if int(r["feature"]) not in exclude]
 
     # ------------------------------------------------------------------ actions
     def interventions(self) -> list:
