@@ -18,6 +18,7 @@ VERB_MODULES = [
     "workbench.cli.capture",  # capture
     "workbench.cli.train",    # train
     "workbench.cli.eval",     # eval
+    "workbench.cli.harvest",  # harvest
     "workbench.cli.steer",    # steer
     "workbench.cli.app",      # app
 ]
