@@ -34,7 +34,7 @@ BACKENDS = ("reference", "triton")
 MODES = ("auto", "reference", "triton")
 ENV_VAR = "WORKBENCH_KERNELS"
 
-# Ops with a Triton implementation, and the dtypes (of the op's leading tensor) it handles.
+# The dtypes (of an op's leading tensor) the Triton kernels handle; others (fp64) use the reference.
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _local = threading.local()
