@@ -48,7 +48,12 @@ def score_one(model, entry, args) -> dict:
     started = time.perf_counter()
     output = output_scores(model, sae, lens=lens, k=args.k, batch_size=args.batch_size, progress=True)
     timings["output_s"] = round(time.perf_counter() - started, 1)
-    scores = {"output_score": output.scores}
+    metadata = {"prompt": output.prompt, "amp_factor": output.amp_factor, "k": args.k,
+                "model_dtype": str(model.dtype), "max_act": output.max_act}
+    # store the output scores at once: the input scores below may take a while (or be skipped)
+    written = write_scores(entry.feature_store, {"output_score": output.scores}, d_sae=sae.cfg.d_sae,
+                           metadata=metadata)
+    scores = {}
     source = "skipped"
     if not args.skip_input:
         started = time.perf_counter()
@@ -63,9 +68,8 @@ def score_one(model, entry, args) -> dict:
             source = f"{args.input_tokens} tokens of the default corpus"
         scores["input_score"] = input_scores_from_examples(examples, lens[:, :args.k])
         timings["input_s"] = round(time.perf_counter() - started, 1)
-    written = write_scores(entry.feature_store, scores, d_sae=sae.cfg.d_sae, metadata={
-        "prompt": output.prompt, "amp_factor": output.amp_factor, "k": args.k, "input_source": source,
-        "model_dtype": str(model.dtype), "max_act": output.max_act})
+        written.update(write_scores(entry.feature_store, scores, d_sae=sae.cfg.d_sae,
+                                    metadata={**metadata, "input_source": source}))
     top = output.scores.argsort(descending=True)[:10].tolist()
     decode = model.tokenizer.decode
     summary = {
