@@ -207,13 +207,16 @@ def dose_response(
     if not 1 <= max_new_tokens <= MAX_SWEEP_NEW_TOKENS:
         raise WorkbenchError(f"max_new_tokens must be in 1..{MAX_SWEEP_NEW_TOKENS} for a sweep")
     arms, owners = [Arm("baseline")], [None]
-    series_of: dict[int, tuple[str, str]] = {0: ("baseline", "baseline")}
+    series_of: dict[int, tuple[str, str]] = {}
     concept: dict[int, torch.Tensor] = {}
+    names = _series_names(targets)
     controls = [control_for(t, seed=seed + i) for i, t in enumerate(targets)] if control else []
     for index, target in enumerate(targets):
         ids = concept_token_ids(model, target, words=concept_words, k=lens_k)
         concept[index] = ids
-        label = target.describe().split(" x ")[0]
+        label = names[index]
+        if control:
+            controls[index] = dataclasses.replace(controls[index], label=f"random ({label})")
         for coef in coefs:
             series_of[len(arms)] = (label, "target")
             arms.append(Arm(f"{label} x {coef:g}", [with_coef(target, coef)]))
@@ -245,8 +248,7 @@ def dose_response(
             return _mean([float(mass[p, :max(n, 1)].mean()) for p, n in enumerate(lengths)])
 
         if owner is None:  # the baseline, scored on every target's concept tokens
-            for index, target in enumerate(targets):
-                label = target.describe().split(" x ")[0]
+            for index, label in enumerate(names):
                 baselines[label] = SweepPoint(series=label, kind="baseline", coef=0.0, concept=concept_score(index),
                                               perplexity=ppl, repetition=rep, texts=output.texts)
             continue
@@ -254,14 +256,25 @@ def dose_response(
         points.append(SweepPoint(series=name, kind=kind, coef=arm.interventions[0].coef,
                                  concept=concept_score(owner), perplexity=ppl, repetition=rep, texts=output.texts))
     decode = model.tokenizer.decode
-    concept_tokens = {targets[i].describe().split(" x ")[0]: [decode([t]) for t in ids.tolist()]
-                      for i, ids in concept.items()}
+    concept_tokens = {names[i]: [decode([t]) for t in ids.tolist()] for i, ids in concept.items()}
     units = targets[0].units
     return DoseResponse(points=points, baselines=baselines, concept_tokens=concept_tokens, units=units,
                         positions=str(positions), max_new_tokens=max_new_tokens, prompts=prompts,
                         seconds=time.perf_counter() - started,
                         settings={"coefs": coefs, "control": control, "seed": seed, "lens_k": lens_k,
                                   "concept_words": list(concept_words) if concept_words else None})
+
+
+def _series_names(targets: Sequence[Intervention]) -> list[str]:
+    """One distinct series name per target: its description without the coefficient."""
+    names: list[str] = []
+    for target in targets:
+        name = target.describe().split(" x ")[0]
+        base, n = name, 2
+        while name in names:
+            name, n = f"{base} #{n}", n + 1
+        names.append(name)
+    return names
 
 
 def _mean(values: Sequence[float]) -> float:
