@@ -136,7 +136,7 @@ def test_signed_codes_keep_most_negative_contexts(model, tmp_path):
         assert all(v < 0 for v in values) and values == sorted(values)
         if bottom:
             seen_bottom += 1
-            assert bottom[0].value == pytest.approx(card.min_act, rel=1e-5)
+            assert bottom[0].value == pytest.approx(card.min_act, rel=1e-3)
             assert bottom[0].acts[bottom[0].peak] == pytest.approx(card.min_act, rel=1e-2)
         assert card.hist_pos.sum() + card.hist_neg.sum() == card.n_fired
     assert seen_bottom > 16
@@ -170,7 +170,7 @@ def test_every_architecture_harvests(model, tmp_path, architecture):
     for index in np.flatnonzero(fired)[:4]:
         card = store.card(int(index))
         top = card.examples_of("top")
-        assert top and top[0].value == pytest.approx(card.max_act, rel=1e-5)
+        assert top and top[0].value == pytest.approx(card.max_act, rel=1e-3)
         assert [e.value for e in top] == sorted((e.value for e in top), reverse=True)
 
 

@@ -42,8 +42,8 @@ class StoreContent:
     """Columns of the features table, each [F]."""
     cards: list[tuple[int, bytes]]
     """(feature, card blob) rows."""
-    token_features: list[tuple[int, int, bytes]]
-    """(token id, count, blob)."""
+    token_features: list[tuple[int, int, bytes, bytes, bytes]]
+    """(token id, count, features, mean_act, frac) with raw little-endian arrays (schema.py)."""
     vocab: dict[int, str]
     """token id -> decoded text, for every id the store refers to."""
     blobs: dict[str, bytes]
@@ -71,7 +71,7 @@ def finalize(acc: FeatureAccumulator, model, sae, packed, config, *, progress: b
     top_token = np.full(F, -1, dtype=np.int64)
     hist_pos, hist_neg = acc.hist_pos.numpy(), acc.hist_neg.numpy()
     referenced: set[int] = set(np.unique(context_tokens).tolist())
-    referenced.update(t for t, _, _ in token_rows)
+    referenced.update(row[0] for row in token_rows)
     cards = []
     for f in range(F):
         ex = examples.get(f)
@@ -194,7 +194,7 @@ def _examples(acc: FeatureAccumulator, config) -> dict[int, dict[str, np.ndarray
         if parts:
             out[int(f)] = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     for ex in out.values():
-        ex["value"] = ex["value"].astype(np.float32)
+        ex["value"] = ex["value"].astype(np.float16)  # display precision; exact extremes live in features
         ex["acts"] = ex["acts"].astype(np.float16)
         ex["peak"] = ex["peak"].astype(np.int64)
         ex["row"] = ex["row"].astype(np.int64)
@@ -203,7 +203,7 @@ def _examples(acc: FeatureAccumulator, config) -> dict[int, dict[str, np.ndarray
 
 def _empty_examples(window: int) -> dict[str, np.ndarray]:
     empty = np.zeros(0, np.uint8)
-    return {"ex_value": np.zeros(0, np.float32), "ex_row": empty, "ex_peak": empty, "ex_start": empty,
+    return {"ex_value": np.zeros(0, np.float16), "ex_row": empty, "ex_peak": empty, "ex_start": empty,
             "ex_length": empty, "ex_acts": np.zeros((0, window), np.float16), "ex_kind": empty,
             "ex_interval": empty}
 
@@ -277,30 +277,36 @@ def _cofire_neighbours(acc: FeatureAccumulator, n: int, chunk: int = 1024):
     return ids_out, jac_out
 
 
-def _token_features(acc: FeatureAccumulator, config) -> list[tuple[int, int, bytes]]:
-    """(token, count, blob) with the latents of largest |mean activation| on each frequent token."""
+def token_feature_dtype(d_sae: int) -> str:
+    """The dtype of latent ids in token_features rows."""
+    return "<u2" if d_sae <= 65536 else "<u4"
+
+
+def _token_features(acc: FeatureAccumulator, config) -> list[tuple[int, int, bytes, bytes, bytes]]:
+    """Rows (token, count, features, mean_act, frac): the latents of largest |mean activation| per token."""
     tf = acc.token_features
     tf.coalesce()
     F = acc.spec.d_sae
     if tf.keys.numel() == 0:
         return []
     token = (tf.keys // F).numpy()
-    feature = (tf.keys % F).numpy().astype(np.int32)
+    feature = (tf.keys % F).numpy()
     ids, counts = tf.token_ids.numpy(), tf.token_n.numpy()
     count = counts[np.searchsorted(ids, token)]
-    mean = (tf.sums.numpy() / count).astype(np.float32)
-    frac = (tf.fired.numpy() / count).astype(np.float32)
+    mean = tf.sums.numpy() / count
+    frac = tf.fired.numpy() / count
     keep = count >= config.min_token_count
     token, feature, mean, frac, count = token[keep], feature[keep], mean[keep], frac[keep], count[keep]
     order = np.lexsort((-np.abs(mean), token))
     token, feature, mean, frac, count = token[order], feature[order], mean[order], frac[order], count[order]
     starts = np.flatnonzero(np.r_[True, token[1:] != token[:-1]])
     ends = np.r_[starts[1:], token.size]
+    id_dtype = token_feature_dtype(F)
     rows = []
     for s, e in zip(starts, ends):
         e = min(e, s + config.n_token_features)
-        rows.append((int(token[s]), int(count[s]),
-                     pack_arrays({"feature": feature[s:e], "mean_act": mean[s:e], "frac": frac[s:e]})))
+        rows.append((int(token[s]), int(count[s]), feature[s:e].astype(id_dtype).tobytes(),
+                     mean[s:e].astype("<f2").tobytes(), frac[s:e].astype("<f2").tobytes()))
     return rows
 
 

@@ -292,6 +292,7 @@ def _encode(sae, x: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
 def _identity(model, target: HarvestTarget, config: HarvestConfig, n_contexts: int) -> dict[str, Any]:
     """The store's meta that ties it to a model, an SAE and the settings (also the resume key)."""
     from workbench import __version__
+    from workbench.features.finalize import token_feature_dtype
 
     cfg = target.sae.cfg
     return {
@@ -301,7 +302,7 @@ def _identity(model, target: HarvestTarget, config: HarvestConfig, n_contexts: i
         "sae_probe": sae_probe(target.sae), "corpus": config.corpus, "split": config.split,
         "n_contexts": n_contexts, "context_size": config.context_size, "window_before": config.window_before,
         "window_after": config.window_after, "config": config.to_dict(), "config_fingerprint": config.fingerprint(),
-        "workbench_version": __version__,
+        "workbench_version": __version__, "token_feature_dtype": token_feature_dtype(cfg.d_sae),
     }
 
 

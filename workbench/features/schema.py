@@ -32,7 +32,7 @@ cards(feature INTEGER PRIMARY KEY, data BLOB)
                 (quantile interval, 0 = lowest; 255 for top/bottom), ex_row [n] (row of
                 blobs.context_tokens), ex_start [n], ex_length [n] (the window is
                 row[start:start+length]), ex_peak [n] (peak position in the row), ex_value
-                f32 [n] (peak activation), ex_acts f16 [n, W] (the latent's activation on
+                f16 [n] (peak activation; exact extremes are in `features`), ex_acts f16 [n, W] (the latent's activation on
                 each window token, zero-padded to W = window_before + 1 + window_after).
     histogram   hist_pos, hist_neg i32 [B]: counts of |a| in the bins of blobs.hist_edges,
                 for positive and negative codes (hist_neg all zero for non-negative codes).
@@ -43,11 +43,12 @@ cards(feature INTEGER PRIMARY KEY, data BLOB)
                 nb_cofire_ids [n], nb_cofire_jaccard f16 [n] (latents firing on the same
                 tokens, by Jaccard index of their firing sets; zero entries dropped).
 
-token_features(token INTEGER PRIMARY KEY, count INTEGER, data BLOB)
-    For each token id seen at least `min_token_count` times: how often it occurred and
-    the latents that fire most on it. data: feature i32 [n], mean_act f32 [n] (mean
-    activation over all occurrences of the token, zeros included), frac f32 [n] (share
-    of its occurrences on which the latent fired); ranked by |mean_act|.
+token_features(token INTEGER PRIMARY KEY, count INTEGER, features BLOB, mean_act BLOB, frac BLOB)
+    For each token id seen at least `min_token_count` times: how often it occurred and the
+    latents that fire most on it, as raw little-endian arrays (no codec: these rows are
+    tiny): features u16 [n] (u32 when meta token_feature_dtype says so), mean_act f16 [n]
+    (mean activation over all occurrences of the token, zeros included), frac f16 [n]
+    (share of its occurrences on which the latent fired); ranked by |mean_act|.
 
 vocab(token INTEGER PRIMARY KEY, text TEXT, norm TEXT)
     Decoded text of every token id the store refers to; norm = lower(strip(text)),
@@ -104,7 +105,13 @@ CREATE INDEX features_max_act ON features(max_act);
 CREATE INDEX features_input_score ON features(input_score);
 CREATE INDEX features_output_score ON features(output_score);
 CREATE TABLE cards (feature INTEGER PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE token_features (token INTEGER PRIMARY KEY, count INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE token_features (
+    token INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL,
+    features BLOB NOT NULL,
+    mean_act BLOB NOT NULL,
+    frac BLOB NOT NULL
+);
 CREATE TABLE vocab (token INTEGER PRIMARY KEY, text TEXT NOT NULL, norm TEXT NOT NULL);
 CREATE INDEX vocab_norm ON vocab(norm);
 CREATE TABLE blobs (name TEXT PRIMARY KEY, data BLOB NOT NULL);

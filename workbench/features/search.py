@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.features.codec import unpack_arrays
 from workbench.features.store import FeatureStore
 
 MAX_TEXT_TOKENS = 512
@@ -58,22 +57,24 @@ def features_by_token(store: FeatureStore, query: str, limit: int = 50) -> list[
     ids = [t for t, _ in tokens]
     text_of = dict(tokens)
     placeholders = ",".join("?" * len(ids))
-    entries = store._query(f"SELECT token, count, data FROM token_features WHERE token IN ({placeholders})", ids)
+    entries = store._query(f"SELECT token, count, features, mean_act, frac FROM token_features WHERE token IN "
+                           f"({placeholders})", ids)
     if not entries:
         shown = ", ".join(repr(text_of[i]) for i in ids[:5])
         raise WorkbenchError(f"the tokens {shown} occur too rarely in the harvested text to rank latents on them "
                              f"(fewer than {store.meta.get('config', {}).get('min_token_count', 2)} times)")
     merged: dict[int, dict[str, float]] = {}
-    for token, count, blob in entries:
-        data = unpack_arrays(blob, f"token_features of token {token}")
-        for f, mean, frac in zip(data["feature"].tolist(), data["mean_act"].tolist(), data["frac"].tolist()):
+    id_dtype = store.meta.get("token_feature_dtype", "<u2")
+    for token, count, features, means, fracs in entries:
+        for f, mean, frac in zip(np.frombuffer(features, id_dtype).tolist(), np.frombuffer(means, "<f2").tolist(),
+                                 np.frombuffer(fracs, "<f2").tolist()):
             slot = merged.setdefault(f, {"weighted": 0.0, "fired": 0.0, "count": 0, "token": text_of[token],
                                          "best": -1.0})
             slot["weighted"] += mean * count
             slot["fired"] += frac * count
             if abs(mean) > slot["best"]:
                 slot["best"], slot["token"] = abs(mean), text_of[token]
-    total = sum(count for _, count, _ in entries)
+    total = sum(entry[1] for entry in entries)
     scored = sorted(merged.items(), key=lambda kv: -abs(kv[1]["weighted"]))[:limit]
     rows = {r["feature"]: r for r in store.rows([f for f, _ in scored])}
     out = []

@@ -46,7 +46,8 @@ def write_store(out: str | Path, content: StoreContent, meta: dict[str, Any]) ->
                 rows.append(row)
             conn.executemany(f"INSERT INTO features({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", rows)
             conn.executemany("INSERT INTO cards(feature, data) VALUES (?, ?)", content.cards)
-            conn.executemany("INSERT INTO token_features(token, count, data) VALUES (?, ?, ?)", content.token_features)
+            conn.executemany("INSERT INTO token_features(token, count, features, mean_act, frac) VALUES (?, ?, ?, ?, ?)",
+                             content.token_features)
             conn.executemany("INSERT INTO vocab(token, text, norm) VALUES (?, ?, ?)",
                              [(t, text, text.strip().lower()) for t, text in content.vocab.items()])
             conn.executemany("INSERT INTO blobs(name, data) VALUES (?, ?)", list(content.blobs.items()))
