@@ -60,6 +60,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--d-sae-other", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--arch", default="topk", choices=["topk", "batchtopk"], help="architecture of every SAE")
+    p.add_argument("--also-main-arch", default=None, choices=["topk", "batchtopk"],
+                   help="also train the main-layer SAE with this architecture on the same stream (a comparison)")
     p.add_argument("--context-size", type=int, default=128)
     p.add_argument("--train-corpus", help="extra training corpus file (.jsonl.gz from build_corpora.py)")
     p.add_argument("--max-train-tokens", type=int, default=16_000_000, help="cap on captured training rows")
@@ -67,6 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-seconds", type=float, default=470.0, help="wall-clock budget of the whole run")
     p.add_argument("--eval-reserve-seconds", type=float, default=75.0, help="time kept for evaluation and packing")
     p.add_argument("--max-steps", type=int, default=200_000)
+    p.add_argument("--steps", type=int, default=None,
+                   help="train exactly this many steps (default: size the run to the time budget)")
+    p.add_argument("--max-norm-multiple", type=float, default=0.0,
+                   help="drop training rows whose norm exceeds this multiple of the site's median norm at any "
+                        "site (attention-sink tokens inside contexts; 0: keep all)")
     p.add_argument("--min-steps", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--lr", type=float, default=None, help="default 2e-4/sqrt(d_sae/16384) per SAE")
@@ -169,6 +176,27 @@ def capture_rows(model, tokens, sites, args, dtype):
     return rows
 
 
+def drop_outlier_rows(rows, multiple: float):
+    """Drop rows whose norm at any site exceeds `multiple` x that site's median norm.
+
+    Besides position 0, a few tokens inside a context become attention sinks with norms
+    ~100x the median. Under an MSE loss one such row weighs as much as ~10^4 typical rows,
+    so a handful of them steer the dictionary (dictionary_learning's buffer drops them the
+    same way, `max_activation_norm_multiple`).
+    """
+    import torch
+
+    n = next(iter(rows.values())).shape[0]
+    keep = torch.ones(n, dtype=torch.bool, device=next(iter(rows.values())).device)
+    for site, r in rows.items():
+        norms = torch.cat([r[i:i + 1_000_000].float().norm(dim=-1) for i in range(0, n, 1_000_000)])
+        median = norms[:: max(1, n // 1_000_000)].median()
+        keep &= norms <= multiple * median
+    dropped = int(n - keep.sum())
+    log(f"dropped {dropped:,} of {n:,} training rows with a norm above {multiple:g}x the median ({dropped / n:.4%})")
+    return {site: r[keep] for site, r in rows.items()}
+
+
 # ---------------------------------------------------------------------- training
 def probe_step_seconds(configs, rows, args, device) -> float:
     """Seconds per training step of all SAEs together (AuxK active), on throwaway copies."""
@@ -207,8 +235,11 @@ def train(configs, rows, args, device, seconds):
     from workbench.sae.sources import TensorSource
     from workbench.sae.train import TrainConfig, Trainer
 
-    step_s = probe_step_seconds(configs, rows, args, device) * 1.25  # + the trainer's own bookkeeping
-    steps = int(min(args.max_steps, max(args.min_steps, seconds / step_s)))
+    if args.steps:
+        step_s, steps = float("nan"), args.steps
+    else:
+        step_s = probe_step_seconds(configs, rows, args, device) * 1.25  # + the trainer's own bookkeeping
+        steps = int(min(args.max_steps, max(args.min_steps, seconds / step_s)))
     log(f"step time ~{step_s * 1e3:.1f} ms for {len(configs)} SAEs: {steps} steps of {args.batch_size} "
         f"= {steps * args.batch_size:,} tokens each ({seconds:.0f} s available)")
     tc = TrainConfig(total_tokens=steps * args.batch_size, batch_size=args.batch_size, lr=args.lr,
@@ -334,6 +365,8 @@ def main(argv=None) -> int:
     rows = capture_rows(model, tokens, sites, args, capture_dtype)
     n_rows = next(iter(rows.values())).shape[0]
     log(f"captured {n_rows:,} rows x {len(sites)} sites ({sum(r.numel() * r.element_size() for r in rows.values()) / 2**30:.1f} GiB)")
+    if args.max_norm_multiple > 0:
+        rows = drop_outlier_rows(rows, args.max_norm_multiple)
     for site, r in rows.items():
         norms = r[:200_000].float().norm(dim=-1)
         log(f"  {site}: mean norm {float(norms.mean()):.1f}, median {float(norms.median()):.1f}, "
@@ -341,6 +374,8 @@ def main(argv=None) -> int:
 
     configs = [SaeConfig(args.arch, model.d_model, args.d_sae_main if i == 0 else args.d_sae_other, k=args.k,
                          site=site) for i, site in enumerate(sites)]
+    if args.also_main_arch and args.also_main_arch != args.arch:
+        configs.append(SaeConfig(args.also_main_arch, model.d_model, args.d_sae_main, k=args.k, site=sites[0]))
     seconds = args.budget_seconds - (time.perf_counter() - T0) - args.eval_reserve_seconds
     result = train(configs, rows, args, device, max(seconds, 10.0))
     del rows
