@@ -9,6 +9,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import cached_model
 from tests.unit.features_fixtures import random_sae, small_config
@@ -190,3 +191,16 @@ def test_catalog_access(model, built, tmp_path, monkeypatch):
         resolve_feature_id("tiny-llama/blocks.1.hook_resid_post/rnd/4800")
     with pytest.raises(WorkbenchError, match="is not a feature id"):
         resolve_feature_id("rnd/3")
+
+
+def test_harvest_imports_sidecar_scores(model, tmp_path):
+    from workbench.atomic import save_safetensors
+
+    sae = random_sae(model, d_sae=16)
+    out = tmp_path / "s.sqlite"
+    scores = torch.linspace(0, 1, 16)
+    save_safetensors(tmp_path / "s.scores.safetensors", {"output_score": scores, "input_score": torch.zeros(3)})
+    summary = harvest(model, sae, out, small_config(n_tokens=512), sae_name="s")
+    assert summary.stats["scores_imported"] == ["output_score"]  # the wrong-sized input_score is skipped
+    store = FeatureStore(out)
+    assert np.allclose(store.scores("output_score"), scores.numpy()) and np.isnan(store.scores("input_score")).all()

@@ -69,7 +69,8 @@ class AccumulatorSpec:
 
 
 class ExampleList:
-    """Per-latent lists of N example contexts kept by smallest `key` (state tensors [F, N])."""
+    """Per-latent sets of N example contexts, those with the smallest `key` (state tensors [F, N],
+    unsorted; empty slots have key +inf)."""
 
     FIELDS = ("key", "value", "row", "peak", "start", "length", "acts")
 
@@ -88,30 +89,34 @@ class ExampleList:
         """Keep the N smallest keys among the current entries and one candidate per context.
 
         new_key, value, peak: [B, F] (key +inf = not a candidate); rows: [B] context rows;
-        codes: [B, T, F] for the windows of newly kept entries.
+        codes: [B, T, F] for the windows of newly kept entries. Slots are not kept sorted:
+        a new entry takes the slot of an entry it evicts, so only new entries are written
+        (the readers sort by key).
         """
         size = self.size
         keys = torch.cat([self.key, new_key.T], dim=1)  # [F, N + B]
-        kept_key, sel = keys.topk(size, dim=1, largest=False, sorted=True)
-        is_new = (sel >= size) & torch.isfinite(kept_key)
-        old = sel.clamp(max=size - 1)
-        for name in self.FIELDS[1:]:
-            tensor = getattr(self, name)
-            index = old if tensor.dim() == 2 else old[:, :, None].expand(-1, -1, self.window)
-            setattr(self, name, tensor.gather(1, index))
-        self.key = kept_key
-        feat, slot = is_new.nonzero(as_tuple=True)
-        if feat.numel() == 0:
+        kept = keys.topk(size, dim=1, largest=False, sorted=False).indices
+        keep = torch.zeros_like(keys, dtype=torch.bool).scatter_(1, kept, True) & torch.isfinite(keys)
+        new_feat, new_batch = keep[:, size:].nonzero(as_tuple=True)  # ordered by latent
+        if new_feat.numel() == 0:
             return
-        batch = sel[feat, slot] - size
+        free_feat, free_slot = (~keep[:, :size]).nonzero(as_tuple=True)  # evicted or empty slots, by latent
+        n_new = torch.bincount(new_feat, minlength=keys.shape[0])
+        starts = torch.cumsum(torch.bincount(free_feat, minlength=keys.shape[0]), 0) - torch.bincount(
+            free_feat, minlength=keys.shape[0])
+        rank = torch.arange(free_feat.numel()) - starts[free_feat]
+        use = rank < n_new[free_feat]  # a latent has at least as many free slots as new entries
+        feat, slot = free_feat[use], free_slot[use]
+        assert torch.equal(feat, new_feat), "slot bookkeeping out of step"
+        batch = new_batch
         peak_pos = peak[batch, feat].long()
         T = codes.shape[1]
         start = (peak_pos - before).clamp(min=0)
         end = (peak_pos + (self.window - before)).clamp(max=T)
-        offsets = torch.arange(self.window)
-        positions = start[:, None] + offsets[None, :]
+        positions = start[:, None] + torch.arange(self.window)[None, :]
         inside = positions < end[:, None]
         window_acts = codes[batch[:, None], positions.clamp(max=T - 1), feat[:, None]] * inside
+        self.key[feat, slot] = keys[feat, size + batch]
         self.value[feat, slot] = value[batch, feat]
         self.row[feat, slot] = rows[batch].to(torch.int32)
         self.peak[feat, slot] = peak_pos.to(torch.int16)

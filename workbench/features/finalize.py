@@ -171,7 +171,8 @@ def _examples(acc: FeatureAccumulator, config) -> dict[int, dict[str, np.ndarray
         for kind, _ in lists:
             keep = valid[kind][f]
             if keep.any():
-                part = {name: arrays[kind][name][f][keep] for name in ExampleList.FIELDS[1:]}
+                order = np.flatnonzero(keep)[np.argsort(arrays[kind]["key"][f][keep], kind="stable")]
+                part = {name: arrays[kind][name][f][order] for name in ExampleList.FIELDS[1:]}
                 part["kind"] = np.full(int(keep.sum()), kind, np.uint8)
                 part["interval"] = np.full(int(keep.sum()), NO_INTERVAL, np.uint8)
                 parts.append(part)

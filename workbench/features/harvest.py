@@ -9,7 +9,8 @@ them), each SAE encodes its site, and a `FeatureAccumulator` per SAE folds the c
 is checkpointed (atomically) every `checkpoint_seconds` into `<STORE>.harvest/state.pt`, so
 an interrupted harvest rerun with the same settings continues where it stopped; at the end
 the derived tables are computed (finalize.py) and the store is written atomically
-(writer.py), then the checkpoint is removed.
+(writer.py), steering scores found in `<STORE stem>.scores.safetensors` are copied in, and
+the checkpoint is removed.
 
 Works for every SAE architecture (dense `encode`), signed AbsTopK codes (most negative
 contexts and a negative histogram too) and transcoders (they read `cfg.site`; their logit
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -32,6 +34,8 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.features.accumulate import AccumulatorSpec, FeatureAccumulator
+
+log = logging.getLogger("workbench.features")
 
 SIGNED_ARCHITECTURES = frozenset({"abstopk"})
 """Architectures whose codes can be negative."""
@@ -161,6 +165,43 @@ def sae_probe(sae) -> list[float]:
     return [round(float(v), 4) for v in W[rows][:, cols].reshape(-1)]
 
 
+def scores_sidecar(out: Path) -> Path:
+    """`<store>.scores.safetensors`: steering scores computed before (or without) a store."""
+    return out.with_name(out.stem + ".scores.safetensors")
+
+
+def import_sidecar_scores(out: Path, d_sae: int) -> list[str]:
+    """Copy input/output scores from the store's sidecar file into a freshly written store.
+
+    The steering tools write scores there too (workbench.steering.scores_store), so
+    rebuilding a store keeps them. A damaged sidecar is reported and skipped.
+    """
+    from workbench.features.schema import SCORE_COLUMNS
+    from workbench.features.store import FeatureStore
+
+    sidecar = scores_sidecar(Path(out))
+    if not sidecar.is_file():
+        return []
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(sidecar), framework="pt") as handle:
+            scores = {name: handle.get_tensor(name) for name in handle.keys() if name in SCORE_COLUMNS}
+    except Exception as error:  # a damaged sidecar must not lose the harvest
+        log.warning("could not read the scores in %s (%s); the store has none", sidecar, error)
+        return []
+    imported = []
+    store = FeatureStore(out)
+    try:
+        for name, values in scores.items():
+            if values.numel() == d_sae:
+                store.set_scores(name, values.float().numpy())
+                imported.append(name)
+    finally:
+        store.close()
+    return imported
+
+
 def state_dir(out: Path) -> Path:
     """Where an unfinished harvest of `out` keeps its resumable state."""
     return out.with_name(out.name + ".harvest")
@@ -265,6 +306,7 @@ def harvest_many(model, targets: Sequence[HarvestTarget], config: HarvestConfig 
         meta = dict(ident, n_tokens=acc.n_tokens, command=command,
                     created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         stats = write_store(target.out, content, meta)
+        stats["scores_imported"] = import_sidecar_scores(target.out, target.sae.cfg.d_sae)
         shutil.rmtree(state_dir(target.out), ignore_errors=True)
         summaries.append(HarvestSummary(out=target.out, complete=True, batches_done=n_batches, n_batches=n_batches,
                                         n_tokens=acc.n_tokens, seconds=time.time() - started, resumed_from=start,
