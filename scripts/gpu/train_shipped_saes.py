@@ -198,47 +198,35 @@ def drop_outlier_rows(rows, multiple: float):
 
 
 # ---------------------------------------------------------------------- training
-def probe_step_seconds(configs, rows, args, device) -> float:
-    """Seconds per training step of all SAEs together (AuxK active), on throwaway copies."""
-    import torch
+def probe_step_seconds(configs, source, args, device) -> float:
+    """Seconds per step of the real trainer (all SAEs, syncs and bookkeeping included):
+    a 10-step run first (kernel compilation, autotuning, first-use checks), then 40 timed steps."""
+    from workbench.sae.train import TrainConfig, Trainer
 
-    from workbench.sae import create_sae
+    def run(steps: int) -> float:
+        tc = TrainConfig(total_tokens=steps * args.batch_size, batch_size=args.batch_size, init_tokens=8192,
+                         lr_warmup_steps=1, dead_window_tokens=args.batch_size * 4, log_every=10,
+                         device=str(device), autocast=args.autocast, progress=False, seed=args.seed + 1)
+        return Trainer(configs, tc).fit(source).seconds / steps
 
-    saes = [create_sae(cfg, device=device, seed=99) for cfg in configs]
-    opts = [torch.optim.Adam(s.parameters(), lr=1e-4) for s in saes]
-    batch = {s: r[:args.batch_size].float() for s, r in rows.items()}
-    for s in batch:
-        batch[s] = batch[s] * (batch[s].shape[1] ** 0.5 / batch[s].norm(dim=-1).mean())
-    dead = [torch.arange(c.d_sae, device=device) % 10 == 0 for c in configs]
-    timings = []
-    for step in range(14):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for sae, opt, mask in zip(saes, opts, dead):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast):
-                out = sae.training_step(batch[sae.cfg.site], dead_mask=mask)
-            out.loss.backward()
-            sae.remove_parallel_grad()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sae.normalize_decoder()
-            float(out.loss.detach())
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= 4:
-            timings.append(time.perf_counter() - start)
-    return sorted(timings)[len(timings) // 2]
+    run(10)
+    return run(40)
 
 
 def train(configs, rows, args, device, seconds):
     from workbench.sae.sources import TensorSource
     from workbench.sae.train import TrainConfig, Trainer
 
+    source = TensorSource(rows, description={"model_name": args.model, "context_size": args.context_size,
+                                             "dataset": "default" + (" + " + Path(args.train_corpus).name
+                                                                     if args.train_corpus else ""),
+                                             "exclude_position0": True})
     if args.steps:
         step_s, steps = float("nan"), args.steps
     else:
-        step_s = probe_step_seconds(configs, rows, args, device) * 1.25  # + the trainer's own bookkeeping
+        probe_start = time.perf_counter()
+        step_s = probe_step_seconds(configs, source, args, device) * 1.05
+        seconds -= time.perf_counter() - probe_start
         steps = int(min(args.max_steps, max(args.min_steps, seconds / step_s)))
     log(f"step time ~{step_s * 1e3:.1f} ms for {len(configs)} SAEs: {steps} steps of {args.batch_size} "
         f"= {steps * args.batch_size:,} tokens each ({seconds:.0f} s available)")
@@ -246,12 +234,11 @@ def train(configs, rows, args, device, seconds):
                      lr_warmup_steps=min(1000, max(1, steps // 20)), lr_decay_start=0.8, init_tokens=65_536,
                      log_every=max(1, steps // 20), seed=args.seed, device=str(device), autocast=args.autocast,
                      progress=False)
-    source = TensorSource(rows, description={"model_name": args.model, "context_size": args.context_size,
-                                             "dataset": "default" + (" + " + Path(args.train_corpus).name
-                                                                     if args.train_corpus else ""),
-                                             "exclude_position0": True})
-    result = Trainer(configs, tc, names=[name_of(c, args) for c in configs]).fit(source)
-    log(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s per SAE)")
+    # the time limit is a safety net: a step-time estimate that is far off must not cost the run
+    limit = None if args.steps else seconds * 1.25
+    result = Trainer(configs, tc, names=[name_of(c, args) for c in configs]).fit(source, time_limit_s=limit)
+    log(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s per SAE)"
+        + (" -- STOPPED EARLY by the time limit, before the end of the lr schedule" if result.stopped_early else ""))
     for name, history in result.history.items():
         for row in history[:: max(1, len(history) // 5)] + history[-1:]:
             log(f"  {name:>12} step {row['step']:>6}  loss {row['loss']:9.3f}  L0 {row['l0']:6.1f}  "
@@ -325,12 +312,12 @@ def pack(out: Path, saes_dir: Path) -> list[str]:
 
 
 def table(evals: dict, bars: dict) -> str:
-    head = (f"{'SAE':<14}{'site':<28}{'d_sae':>6}{'L0':>7}{'FVU':>8}{'FVU typ':>9}{'dCE':>9}{'dCE p0':>9}"
+    head = (f"{'SAE':<18}{'site':<28}{'d_sae':>6}{'L0':>7}{'FVU':>8}{'FVU typ':>9}{'dCE':>9}{'dCE p0':>9}"
             f"{'CE rec':>8}{'KL':>8}{'dead':>7}{'tokens':>13}")
     lines = [head, "-" * len(head)]
     for name, m in evals.items():
         lines.append(
-            f"{name:<14}{m['site']:<28}{m['d_sae']:>6}{m['l0']:>7.1f}{m['fvu']:>8.4f}{m['fvu_typical']:>9.4f}"
+            f"{name:<18}{m['site']:<28}{m['d_sae']:>6}{m['l0']:>7.1f}{m['fvu']:>8.4f}{m['fvu_typical']:>9.4f}"
             f"{m['delta_ce']:>+9.4f}{m['delta_ce_splicing_position0']:>+9.4f}{m['ce_loss_recovered']:>8.4f}"
             f"{m['kl']:>8.4f}{m['dead_frac']:>7.2%}{m['training'].get('tokens', 0):>13,}")
     lines.append(f"bars for the main SAE: dCE <= {bars['delta_ce']} nats, FVU typical <= {bars['fvu_typical']}, "

@@ -211,3 +211,12 @@ def test_cross_field_checks():
         SaeConfig("topk", 8, 16, k=2, d_out=5)
     assert SaeConfig("matryoshka", 64, 64, k=2).matryoshka_widths == (4, 16, 64)
     assert SaeConfig("hierarchical_topk", 8, 64, k=32).k_budgets == (4, 8, 16, 32)
+
+
+def test_batchtopk_threshold_calibration_gives_mean_l0_k(x):
+    sae = make("batchtopk")
+    theta = sae.calibrate_threshold(x)
+    assert theta > 0
+    sae.eval()
+    mean_l0 = float((sae.encode(x) != 0).sum(-1).float().mean())
+    assert mean_l0 == pytest.approx(K, abs=1.5 / x.shape[0])  # the smallest selected value sits at theta

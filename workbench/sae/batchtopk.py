@@ -115,6 +115,19 @@ class BatchTopKSAE(SparseAutoencoder):
         self.threshold.copy_(beta * current + (1 - beta) * value.to(self.threshold))
         self.threshold_updates += 1
 
+    @torch.no_grad()
+    def calibrate_threshold(self, x: torch.Tensor) -> float:
+        """Set theta from the final weights on a sample x [N, d_in] (inputs as in training):
+        the smallest of the k*N values BatchTopK selects on it, so that inference keeps k
+        latents per token on average there. The running average of `observe` mixes in the
+        thresholds of earlier weights; this replaces it at the end of training."""
+        pre = self.center(x.to(self.W_dec.dtype)) @ self.W_enc + self.b_enc
+        _, _, vals = batch_topk_entries(pre, self.cfg.k)
+        if vals.numel():
+            self.threshold.fill_(float(vals.min()))
+            self.threshold_updates.add_(1)
+        return float(self.threshold)
+
     def _fold_thresholds(self, scale_out: float) -> None:
         if float(self.threshold) >= 0:
             self.threshold.div_(scale_out)

@@ -204,6 +204,8 @@ class TrainResult:
     tokens: int
     seconds: float
     tokens_per_second: float
+    stopped_early: bool = False
+    """True when `time_limit_s` ended training before total_steps (the schedule was not finished)."""
 
 
 def run_names(configs: Sequence[SaeConfig]) -> list[str]:
@@ -351,11 +353,16 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ training
-    def fit(self, source: ActivationSource, *, resume: bool = False) -> TrainResult:
-        """Train every dictionary for train_cfg.total_steps steps; save them if out_dir is set."""
+    def fit(self, source: ActivationSource, *, resume: bool = False, time_limit_s: float | None = None) -> TrainResult:
+        """Train every dictionary for train_cfg.total_steps steps; save them if out_dir is set.
+
+        time_limit_s: a safety net for fixed-budget runs: past this many seconds of training,
+        stop after the current step, checkpoint and save as usual (`stopped_early` is set).
+        """
         tc = self.train_cfg
         self._check_source(source)
         self._fill_provenance(source)
+        self._source = source
         self._build_runs()
         found = latest_checkpoint(self.out_dir) if (resume and self.out_dir is not None) else None
         if found is not None:
@@ -372,8 +379,15 @@ class Trainer:
         start_step, start_time = self.step, time.perf_counter()
         bar = _progress(tc, start_step)
         stream = source.batches(tc.batch_size, seed=tc.seed, start_step=self.step, device=self.device)
+        stopped_early = False
         try:
             while self.step < tc.total_steps:
+                if time_limit_s is not None and time.perf_counter() - start_time > time_limit_s:
+                    stopped_early = True
+                    history = self.runs[0].history
+                    if self.step > start_step and (not history or history[-1]["step"] != self.step):
+                        self._log(bar)
+                    break
                 batch = next(stream)
                 self._check_batch(batch, last_saved)
                 self._train_step(batch, last_saved)
@@ -390,7 +404,9 @@ class Trainer:
             self._checkpoint()
         seconds = time.perf_counter() - start_time
         tokens = (self.step - start_step) * tc.batch_size
-        return self._finish(seconds, tokens)
+        result = self._finish(seconds, tokens)
+        result.stopped_early = stopped_early
+        return result
 
     def _check_batch(self, batch: dict[str, torch.Tensor], last_saved: int) -> None:
         bad = [site for site, rows in batch.items() if not bool(torch.isfinite(rows).all())]
@@ -470,9 +486,22 @@ class Trainer:
             f"loss {first['loss']:.4g} L0 {first['l0']:.1f} FVU {first['fvu']:.3f} dead {first['dead_frac']:.1%}{more}"
         )
 
+    @torch.no_grad()
+    def _calibrate(self) -> None:
+        """BatchTopK-style thresholds from the final weights on a fresh sample (see calibrate_threshold)."""
+        tc = self.train_cfg
+        targets = [run for run in self.runs if hasattr(run.sae, "calibrate_threshold")]
+        if not targets:
+            return
+        sample = next(iter(self._source.batches(tc.init_tokens, seed=tc.seed + 31_337, device=self.device)))
+        for run in targets:
+            run.sae.calibrate_threshold(sample[run.sae.cfg.site].float() * run.scale_in)
+            dd.broadcast_parameters(run.sae)
+
     def _finish(self, seconds: float, tokens: int) -> TrainResult:
         tc = self.train_cfg
         saes, dirs = {}, {}
+        self._calibrate()
         for run in self.runs:
             final = copy.deepcopy(run.sae).eval()
             final.fold_scaling(run.scale_in, run.scale_out)
