@@ -116,19 +116,23 @@ class FeatureStore:
         except sqlite3.DatabaseError as error:
             raise WorkbenchError(f"{self.path} is not a SQLite feature store ({error})") from None
         self._lock = threading.RLock()
-        self.meta = self._read_meta()
-        self.rebuild_hint = self._rebuild_hint()
-        check_version(self._conn, str(self.path), self.rebuild_hint)
-        self.d_sae = int(self.meta["d_sae"])
-        self.model_name = str(self.meta["model"])
-        self.site = str(self.meta["site"])
-        self.sae_name = str(self.meta["sae_name"])
-        self.signed = bool(self.meta.get("signed"))
-        self.n_tokens = int(self.meta.get("n_tokens", 0))
-        if model is not None:
-            self.check_model(model)
-        if sae is not None:
-            self.check_sae(sae)
+        try:
+            self.meta = self._read_meta()
+            self.rebuild_hint = self._rebuild_hint()
+            check_version(self._conn, str(self.path), self.rebuild_hint)
+            self.d_sae = int(self.meta["d_sae"])
+            self.model_name = str(self.meta["model"])
+            self.site = str(self.meta["site"])
+            self.sae_name = str(self.meta["sae_name"])
+            self.signed = bool(self.meta.get("signed"))
+            self.n_tokens = int(self.meta.get("n_tokens", 0))
+            if model is not None:
+                self.check_model(model)
+            if sae is not None:
+                self.check_sae(sae)
+        except BaseException:
+            self._conn.close()
+            raise
         self._tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._vocab: dict[int, str] | None = None
         self._edges: np.ndarray | None = None

@@ -18,5 +18,6 @@ class PageSpec:
 
 PAGES: list[PageSpec] = [
     PageSpec("activations", "Activations", "workbench.app.pages.activations"),
+    PageSpec("features", "Features", "workbench.app.pages.features"),
     PageSpec("steering", "Steering", "workbench.app.pages.steering"),
 ]
