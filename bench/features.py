@@ -4,7 +4,7 @@ Opens a registered SAE's feature store (default: the app's default SAE of smollm
 `WORKBENCH_SAE_DIRS` registers others) and times, over a seeded sample of latents:
 
     open            FeatureStore(path) (meta, version checks)
-    card (cold)     the first card of a fresh store (loads the token matrix and vocab once)
+    card (cold)     the first card of a fresh store (loads the context token matrix once)
     card            store.card(i): everything a dashboard shows          goal: <= 50 ms
     contexts        store.contexts(i)
     neighbours      store.neighbours(i)

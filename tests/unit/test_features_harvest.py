@@ -65,6 +65,7 @@ def test_each_latent_fires_exactly_on_its_token(detector, model):
         expected = {0, DUPLICATE} if token == DETECTED[0] else {latent}
         assert {r["feature"] for r in rows} == expected
         assert all(r["frac"] == pytest.approx(1.0) and r["score"] == pytest.approx(ACT, abs=1e-4) for r in rows)
+        assert all(r["specificity"] == pytest.approx(1.0, abs=1e-3) for r in rows)  # they fire on nothing else
 
 
 def test_examples_point_at_their_corpus_contexts(detector):

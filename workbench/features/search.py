@@ -46,8 +46,10 @@ def features_by_token(store: FeatureStore, query: str, limit: int = 50) -> list[
     """Latents that fire most on the token(s) matching `query`, strongest first.
 
     Each row: the features-table columns plus score (mean activation over the token's
-    occurrences, zeros included), frac (share of occurrences on which it fired), token
-    (the matched token text) and token_count (its occurrences in the harvested text).
+    occurrences, zeros included), frac (share of occurrences on which it fired),
+    specificity (share of the latent's firing tokens that are this token: near 1 for a
+    latent about this token, near 0 for a broad one), token (the matched token text) and
+    token_count (its occurrences in the harvested text).
     Several matching tokens (" Paris" and "Paris") are merged, weighted by their counts.
     """
     tokens = matching_tokens(store, query)
@@ -80,7 +82,8 @@ def features_by_token(store: FeatureStore, query: str, limit: int = 50) -> list[
     out = []
     for f, slot in scored:
         row = dict(rows[f])
-        row.update(score=slot["weighted"] / total, frac=slot["fired"] / total, token=slot["token"], token_count=total)
+        row.update(score=slot["weighted"] / total, frac=slot["fired"] / total, token=slot["token"], token_count=total,
+                   specificity=min(1.0, slot["fired"] / max(row["n_fired"], 1)))
         out.append(row)
     return out
 

@@ -134,7 +134,7 @@ class FeatureStore:
             self._conn.close()
             raise
         self._tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._vocab: dict[int, str] | None = None
+        self._vocab: dict[int, str] = {}  # token id -> text, filled on demand
         self._edges: np.ndarray | None = None
 
     # ------------------------------------------------------------------ identity
@@ -205,12 +205,15 @@ class FeatureStore:
             self._tokens = (blob["tokens"].astype(np.int64), blob["doc"], blob["pos"])
         return self._tokens
 
-    @property
-    def vocab(self) -> dict[int, str]:
-        """token id -> text for every token the store refers to."""
-        if self._vocab is None:
-            self._vocab = dict(self._query("SELECT token, text FROM vocab"))
-        return self._vocab
+    def token_texts(self, token_ids) -> dict[int, str]:
+        """id -> decoded text for these token ids (fetched in one query, then cached)."""
+        wanted = {int(t) for t in token_ids}
+        missing = sorted(wanted - self._vocab.keys())
+        for start in range(0, len(missing), 900):
+            part = missing[start:start + 900]
+            found = dict(self._query(f"SELECT token, text FROM vocab WHERE token IN ({','.join('?' * len(part))})", part))
+            self._vocab.update({t: found.get(t, f"<{t}>") for t in part})
+        return {t: self._vocab[t] for t in wanted}
 
     @property
     def hist_edges(self) -> np.ndarray:
@@ -219,9 +222,10 @@ class FeatureStore:
         return self._edges
 
     def token_text(self, token_id: int | None) -> str | None:
+        """Decoded text of one token id (None for None)."""
         if token_id is None:
             return None
-        return self.vocab.get(int(token_id), f"<{int(token_id)}>")
+        return self.token_texts([token_id])[int(token_id)]
 
     # ------------------------------------------------------------------ cards
     def summary(self, index: int) -> dict[str, Any]:
@@ -242,8 +246,10 @@ class FeatureStore:
                 names = [d[0] for d in cursor.description]
                 for values in cursor.fetchall():
                     row = dict(zip(names, values))
-                    row["top_token_text"] = self.token_text(row["top_token"])
                     found[row["feature"]] = row
+        texts = self.token_texts(r["top_token"] for r in found.values() if r["top_token"] is not None)
+        for row in found.values():
+            row["top_token_text"] = None if row["top_token"] is None else texts[row["top_token"]]
         return [found[i] for i in indices if i in found]
 
     def _card_arrays(self, index: int) -> dict[str, np.ndarray]:
@@ -263,7 +269,8 @@ class FeatureStore:
 
         def logit_list(ids_key: str, values_key: str) -> list[tuple[str, float]]:
             ids, values = data.get(ids_key, empty), data.get(values_key, empty)
-            return [(self.token_text(int(t)), float(v)) for t, v in zip(ids, values)]
+            texts = self.token_texts(ids.tolist())
+            return [(texts[int(t)], float(v)) for t, v in zip(ids, values)]
 
         return FeatureCard(
             feature_id=self.feature_id(index), index=index, signed=self.signed, n_tokens=self.n_tokens,
@@ -291,15 +298,17 @@ class FeatureStore:
 
     def _decode_examples(self, data: dict[str, np.ndarray]) -> list[Example]:
         tokens, doc, pos = self.context_arrays
+        windows = [tokens[int(r), int(s):int(s) + int(n)].tolist()
+                   for r, s, n in zip(data["ex_row"], data["ex_start"], data["ex_length"])]
+        texts = self.token_texts(t for ids in windows for t in ids)
         out = []
-        for i in range(data["ex_value"].shape[0]):
+        for i, ids in enumerate(windows):
             row, start, length = int(data["ex_row"][i]), int(data["ex_start"][i]), int(data["ex_length"][i])
             peak = int(data["ex_peak"][i])
-            ids = tokens[row, start:start + length].tolist()
             kind = EXAMPLE_KINDS[int(data["ex_kind"][i])]
             out.append(Example(
                 kind=kind, interval=int(data["ex_interval"][i]) if kind == "quantile" else None, token_ids=ids,
-                tokens=[self.token_text(t) for t in ids], acts=data["ex_acts"][i, :length].astype(np.float32),
+                tokens=[texts[t] for t in ids], acts=data["ex_acts"][i, :length].astype(np.float32),
                 peak=peak - start, value=float(data["ex_value"][i]), doc=int(doc[row, peak]), doc_pos=int(pos[row, peak]),
             ))
         return out

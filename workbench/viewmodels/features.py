@@ -137,7 +137,7 @@ class FeaturesViewModel(param.Parameterized):
         """Columns the list shows: the basics, the match fields of a search, present steering scores."""
         columns = list(LIST_COLUMNS)
         if self.result_kind == "token":
-            columns += ["score", "frac", "token"]
+            columns += ["score", "frac", "specificity", "token"]
         elif self.result_kind == "text":
             columns += ["score", "text_act", "token"]
         elif self.result_kind == "contexts":

@@ -22,7 +22,8 @@ PLACEHOLDERS = {
     "contexts": "words that appear in a latent's top contexts or explanations",
 }
 COLUMN_TITLES = {"feature": "#", "top_token_text": "top token", "density": "density", "max_act": "max act",
-                 "n_contexts": "contexts", "score": "match", "frac": "fires on token", "token": "token",
+                 "n_contexts": "contexts", "score": "match", "frac": "fires on token", "specificity": "specificity",
+                 "token": "token",
                  "text_act": "act on text", "where": "found in", "snippet": "snippet",
                  "input_score": "input score", "output_score": "output score"}
 
@@ -57,7 +58,7 @@ def build(context: AppContext) -> pn.viewable.Viewable:
     open_input = pn.widgets.IntInput(name="Open latent #", value=None, start=0, end=vm.store.d_sae - 1, width=130)
     status = pn.pane.Markdown(vm.status, css_classes=["wb-features-status"])
     formatters = {COLUMN_TITLES[c]: NumberFormatter(format=f) for c, f in
-                  [("density", "0.000%"), ("max_act", "0.00"), ("score", "0.000"), ("frac", "0%"),
+                  [("density", "0.000%"), ("max_act", "0.00"), ("score", "0.000"), ("frac", "0%"), ("specificity", "0%"),
                    ("text_act", "0.00"), ("input_score", "0.000"), ("output_score", "0.000")]}
     # Bokeh's DataTable (not Tabulator): it needs no extra front-end bundle, so the page also works
     # when it is opened after another page (extensions load only with the first page).
