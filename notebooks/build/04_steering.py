@@ -45,7 +45,7 @@ import torch
 import workbench as wb
 from workbench.catalog import default_sae
 from workbench.steering import (AddFeature, AddVector, diff_in_means, dose_response, read_scores, steer,
-                                typical_norm)
+                                typical_norm, word_token_ids)
 from workbench.steering.resolve import open_sae
 from workbench.steering.scores import logit_lens_logits, logit_lens_tokens, output_scores
 
@@ -95,13 +95,10 @@ lens = logit_lens_tokens(model, sae)  # [d_sae, 20]
 CONCEPTS = ["food", "water", "music", "game", "war", "love", "money", "science", "weather", "city",
             "health", "computer", "school", "sea", "god", "dog", "sport", "art", "travel", "family"]
 
-def word_ids(word):
-    forms = (" " + word, word, " " + word.capitalize())
-    return sorted({model.tokenizer(f, add_special_tokens=False)["input_ids"][0] for f in forms})
-
 best = []
 for word in CONCEPTS:
-    hits = torch.isin(lens, torch.tensor(word_ids(word))).any(dim=1).nonzero().flatten()
+    ids = word_token_ids(model.tokenizer, word, strict=False)  # spellings that are one token
+    hits = torch.isin(lens, torch.tensor(ids or [-1])).any(dim=1).nonzero().flatten()
     if len(hits):
         f = int(hits[torch.nan_to_num(scores[hits], nan=-1.0).argmax()])
         best.append((float(scores[f]), word, f))
@@ -121,7 +118,7 @@ from IPython.display import HTML, display
 from workbench.viz.steering import side_by_side_html
 
 prompt = "From my experience,"
-result = steer(model, prompt, [AddFeature(sae, feature, 4.0)], max_new_tokens=32)
+result = steer(model, prompt, [AddFeature(sae, feature, 1.0)], max_new_tokens=24)
 display(HTML(side_by_side_html(prompt, result.baseline_tokens[0], result.baseline_changed[0],
                                result.steered_tokens[0], result.steered_changed[0],
                                steered_title="; ".join(result.interventions))))
@@ -136,21 +133,22 @@ per step (prompt tokens at step 0, then one per step)."""),
 n_prompt = len(model.tokenizer(prompt)["input_ids"])
 print("prompt tokens:", n_prompt)
 for mode in ["all", "from:-1", "generated"]:
-    r = steer(model, prompt, [AddFeature(sae, feature, 4.0)], max_new_tokens=6, positions=mode)
+    r = steer(model, prompt, [AddFeature(sae, feature, 1.0)], max_new_tokens=6, positions=mode)
     print(f"{mode:<10} edits per step {r.applied[site]}")"""),
     ("md", """## A difference-in-means vector for the same concept
 
 The supervised baseline: the mean layer-15 activation of prompts that mention the concept minus
 that of the same prompts with a neutral word."""),
-    ("code", """# NBVAL_CHECK_OUTPUT
+    ("code", """# NBVAL_IGNORE_OUTPUT
 TEMPLATES = ["I love {}.", "Let me tell you about {}.", "This article is about {}.", "We talked about {} all day.",
              "My favourite topic is {}.", "Everyone here cares about {}."]
 positive = [t.format(concept) for t in TEMPLATES]
 negative = [t.format("this") for t in TEMPLATES]
 dim = diff_in_means(model, site, positive, negative)
 cos = torch.nn.functional.cosine_similarity(dim, sae.W_dec[feature].float(), dim=0)
-print("diff-in-means vector:", tuple(dim.shape))
-print("points the same way as the feature's decoder row:", bool(cos > 0))"""),
+print("diff-in-means vector:", tuple(dim.shape), f"norm {dim.norm():.1f}",
+      f"({dim.norm() / typical_norm(model, site):.2f} typical norms)")
+print(f"cosine with the feature's decoder row: {cos:.3f}")"""),
     ("md", """## Dose-response: concept score vs fluency
 
 For each coefficient: the **concept score** (probability the steered model puts on the concept
@@ -161,11 +159,11 @@ of equal norm as a control, swept over the same coefficients. Greedy arms run ba
 sweep = dose_response(model, ["From my experience,", "The weekend was"],
                       [AddFeature(sae, feature, 1.0, label=f"feature {feature}"),
                        AddVector(site, dim, 1.0, label="diff-in-means")],
-                      coefs=[0.0, 0.5, 1.0, 2.0, 4.0], concept_words=[concept], max_new_tokens=16)
+                      coefs=[0.0, 0.25, 0.5, 1.0, 2.0], concept_words=[concept], max_new_tokens=12)
 print(f"{len(sweep.points)} points in {sweep.seconds:.0f} s")
 print(f"{'series':<28} {'coef':>5} {'concept':>8} {'ppl':>8} {'rep':>5}")
 for row in sweep.rows():
-    print(f"{row['series']:<28} {row['coef']:>5g} {row['concept']:>8.3f} {row['perplexity']:>8.1f} "
+    print(f"{row['series']:<28} {row['coef']:>5g} {row['concept']:>8.4f} {row['perplexity']:>8.1f} "
           f"{row['repetition']:>5.2f}")"""),
     ("code", """# NBVAL_CHECK_OUTPUT
 def best_concept(series):
@@ -174,8 +172,22 @@ def best_concept(series):
 for target in (f"feature {feature}", "diff-in-means"):
     control = f"random ({target})"
     base = sweep.baselines[target].concept
-    print(f"{target}: raises the concept score above the baseline: {best_concept(target) > 2 * base}; "
+    print(f"{target}: raises the concept score by more than 0.01: {best_concept(target) > base + 0.01}; "
           f"beats its random control: {best_concept(target) > best_concept(control)}")"""),
+    ("md", """The best coefficient of each target: the highest concept score whose perplexity stays
+within 4x the unsteered text's. Their continuations side by side:"""),
+    ("code", """# NBVAL_IGNORE_OUTPUT
+def best_point(series):
+    base = sweep.baselines[series]
+    fluent = [p for p in sweep.points if p.series == series and p.coef > 0 and p.perplexity <= 4 * base.perplexity]
+    candidates = fluent or [p for p in sweep.points if p.series == series and p.coef > 0]
+    return max(candidates, key=lambda p: p.concept)
+
+for series in (f"feature {feature}", "diff-in-means"):
+    p = best_point(series)
+    print(f"{series} x {p.coef:g}: concept {p.concept:.4f}, perplexity {p.perplexity:.1f}")
+    for prompt_text, text in zip(sweep.prompts, p.texts):
+        print(f"   {prompt_text!r} -> {text!r}")"""),
     ("code", """# NBVAL_IGNORE_OUTPUT
 import holoviews as hv
 from workbench.viz.steering import dose_response_plot
@@ -191,7 +203,7 @@ from workbench.widgets.steering import SteeringWidget
 w = SteeringWidget(model, features=[feature], sae_name=entry.name, prompt="The weekend was", max_new_tokens=24)
 w"""),
     ("code", """# NBVAL_CHECK_OUTPUT
-w.sliders[feature].value = 3.0
+w.sliders[feature].value = 0.8
 ok = w.on_generate()
 print("generated:", ok, "| coefficient in the view-model:", w.vm.features[0]["coef"])
 print(len(w.vm.last_result.steered_tokens[0]), "tokens; steered differs from baseline:",

@@ -47,13 +47,18 @@ def test_perplexity_is_exp_of_the_continuations_mean_nll(model):
 
 
 def test_concept_tokens_from_words_and_from_a_feature(model, sae):
-    ids = concept_token_ids(model, words=["cat"]).tolist()
-    for form in (" cat", "cat", " Cat"):
-        assert model.tokenizer(form, add_special_tokens=False)["input_ids"][0] in ids
+    ids = concept_token_ids(model, words=["the"]).tolist()
+    for form in (" the", "the"):
+        tokens = model.tokenizer(form, add_special_tokens=False)["input_ids"]
+        assert len(tokens) == 1 and tokens[0] in ids
+    assert all(len(model.tokenizer.decode([t]).strip()) == 3 for t in ids)  # whole words only
     lens = concept_token_ids(model, AddFeature(sae, 2, 1.0), k=5)
     assert int(lens[0]) == TOKENS[2]
     with pytest.raises(WorkbenchError, match="empty"):
         concept_token_ids(model, words=[" ", ""])
+    # "cat" splits into pieces in the tiny vocabulary: its first piece would not stand for it
+    with pytest.raises(WorkbenchError, match="not a single token"):
+        concept_token_ids(model, words=["cat"])
 
 
 def test_sweep_feature_beats_its_random_control(model, sae):
@@ -75,8 +80,8 @@ def test_sweep_feature_beats_its_random_control(model, sae):
     rows = result.rows()
     assert rows[0]["kind"] == "baseline" and len(rows) == 7
     words = dose_response(model, PROMPT, [AddFeature(sae, 1, 1.0)], [2.0], control=False, max_new_tokens=4,
-                          concept_words=["cat"])
-    assert len(words.points) == 1 and words.settings["concept_words"] == ["cat"]
+                          concept_words=["the"])
+    assert len(words.points) == 1 and words.settings["concept_words"] == ["the"]
     with pytest.raises(WorkbenchError, match="sweep points exceed"):
         dose_response(model, PROMPT, [AddFeature(sae, 1, 1.0)], list(range(20)), max_new_tokens=4)
     with pytest.raises(WorkbenchError, match="at least one feature"):

@@ -42,6 +42,7 @@ _EXPORTS = {
     "input_scores": "workbench.steering.scores",
     "dose_response": "workbench.steering.evaluation",
     "concept_token_ids": "workbench.steering.evaluation",
+    "word_token_ids": "workbench.steering.evaluation",
     "perplexity": "workbench.steering.evaluation",
     "repetition_rate": "workbench.steering.evaluation",
     "resolve_sae": "workbench.steering.resolve",

@@ -37,8 +37,8 @@ def concept_token_ids(model, target: Intervention | None = None, *, words: Seque
                       k: int = 20) -> torch.Tensor:
     """Token ids [m] that stand for a concept.
 
-    words: each word's first token, with and without a leading space and capitalised
-        (so " wedding", "wedding", " Wedding" all count).
+    words: the single-token spellings of each word, with and without a leading space and
+        capitalised (" wedding", "wedding", " Wedding"; see `word_token_ids`).
     else target: the top-k logit-lens tokens of its direction (a feature's decoder row or
         the vector) through the final norm and unembedding.
     """
@@ -50,15 +50,32 @@ def concept_token_ids(model, target: Intervention | None = None, *, words: Seque
             raise WorkbenchError(f"{len(words)} concept words exceed the cap of {MAX_CONCEPT_WORDS}")
         ids: list[int] = []
         for word in words:
-            for form in (" " + word, word, " " + word[:1].upper() + word[1:]):
-                tokens = model.tokenizer(form, add_special_tokens=False)["input_ids"]
-                if tokens and tokens[0] not in ids:
-                    ids.append(int(tokens[0]))
+            ids += [t for t in word_token_ids(model.tokenizer, word) if t not in ids]
         return torch.tensor(ids, dtype=torch.long)
     if target is None:
         raise WorkbenchError("give a target (feature or vector) or a word set to define the concept")
     direction = _direction(target)
     return model.final_logits(direction[None]).float()[0].topk(k).indices.cpu()
+
+
+def word_token_ids(tokenizer, word: str, *, strict: bool = True) -> list[int]:
+    """Token ids of the spellings of `word` that are ONE token: " word", "word", " Word", "Word".
+
+    A spelling split into several tokens is skipped (its first piece, e.g. "s" of "sport",
+    says nothing about the word). strict: raise when no spelling is a single token; else [].
+    """
+    word = str(word).strip()
+    capital = word[:1].upper() + word[1:]
+    ids: list[int] = []
+    for form in (" " + word, word, " " + capital, capital):
+        tokens = tokenizer(form, add_special_tokens=False)["input_ids"]
+        if len(tokens) == 1 and int(tokens[0]) not in ids:
+            ids.append(int(tokens[0]))
+    if not ids and strict:
+        pieces = [tokenizer.decode([t]) for t in tokenizer(" " + word, add_special_tokens=False)["input_ids"]]
+        raise WorkbenchError(f"{word!r} is not a single token in any spelling (it splits into {pieces}); "
+                             "pick a word the tokenizer keeps whole")
+    return ids
 
 
 def _direction(target: Intervention) -> torch.Tensor:
@@ -77,31 +94,34 @@ def repetition_rate(token_ids: Sequence[int], n: int = REPETITION_N) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def perplexity(model, prompts: Sequence[str], continuations: Sequence[Sequence[int]]) -> list[float]:
+def perplexity(model, prompts: Sequence[str], continuations: Sequence[Sequence[int]], *,
+               batch_size: int = 16) -> list[float]:
     """Per prompt: perplexity of the continuation ids given the prompt, under the unedited model.
 
     exp(mean negative log-likelihood of the continuation tokens); NaN for an empty one.
+    Rows are scored `batch_size` at a time (right-padded forwards).
     """
     from workbench.engine.capture import Window, pad_right
 
     if len(prompts) != len(continuations):
         raise WorkbenchError("one continuation per prompt is needed")
-    windows, spans = [], []
-    for prompt, continuation in zip(prompts, continuations):
-        prompt_ids = model.tokenizer(prompt)["input_ids"]
-        ids = list(prompt_ids) + [int(t) for t in continuation]
-        windows.append(Window(ids=ids, doc=[0] * len(ids), pos=list(range(len(ids)))))
-        spans.append((len(prompt_ids), len(ids)))
-    ids, mask = pad_right(windows, 0)
-    logprobs = torch.log_softmax(model.logits(ids, mask).float(), dim=-1).cpu()
-    out = []
-    for row, (start, end) in enumerate(spans):
-        if end <= start:
-            out.append(float("nan"))
-            continue
-        targets = ids[row, start:end]
-        nll = -logprobs[row, start - 1:end - 1].gather(1, targets[:, None]).mean()
-        out.append(float(torch.exp(nll)))
+    prompt_ids = {p: model.tokenizer(p)["input_ids"] for p in set(prompts)}
+    out: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        windows, spans = [], []
+        for prompt, continuation in zip(prompts[start:start + batch_size], continuations[start:start + batch_size]):
+            ids = list(prompt_ids[prompt]) + [int(t) for t in continuation]
+            windows.append(Window(ids=ids, doc=[0] * len(ids), pos=list(range(len(ids)))))
+            spans.append((len(prompt_ids[prompt]), len(ids)))
+        ids, mask = pad_right(windows, 0)
+        logprobs = torch.log_softmax(model.logits(ids, mask).float(), dim=-1).cpu()
+        for row, (begin, end) in enumerate(spans):
+            if end <= begin:
+                out.append(float("nan"))
+                continue
+            targets = ids[row, begin:end]
+            nll = -logprobs[row, begin - 1:end - 1].gather(1, targets[:, None]).mean()
+            out.append(float(torch.exp(nll)))
     return out
 
 
@@ -236,10 +256,12 @@ def dose_response(
                        keep_logits=True, logits_fn=concept_probs, batch_arms=True, progress=progress)
     points: list[SweepPoint] = []
     baselines: dict[str, SweepPoint] = {}
+    # fluency of every arm's continuations, scored in shared batches
+    all_ppl = perplexity(model, prompts * len(outputs), [ids for o in outputs for ids in o.token_ids])
     for arm_index, (arm, output) in enumerate(zip(arms, outputs)):
         owner = owners[arm_index]
         lengths = [len(t) for t in output.token_ids]
-        ppl = _mean(perplexity(model, prompts, output.token_ids))
+        ppl = _mean(all_ppl[arm_index * len(prompts):(arm_index + 1) * len(prompts)])
         rep = _mean([repetition_rate(t) for t in output.token_ids])
 
         def concept_score(index: int) -> float:

@@ -196,13 +196,11 @@ class SteeringViewModel(param.Parameterized):
             order = torch.nan_to_num(scores, nan=-1.0).argsort(descending=True)
             hits = order[:MAX_SEARCH_RESULTS].tolist()
         else:
+            from workbench.steering.evaluation import word_token_ids
+
             lens = _cached_lens(self.model, sae)
-            ids = set()
-            for form in (" " + query, query, " " + query[:1].upper() + query[1:]):
-                tokens = self.model.tokenizer(form, add_special_tokens=False)["input_ids"]
-                if tokens:
-                    ids.add(int(tokens[0]))
-            match = torch.isin(lens, torch.tensor(sorted(ids)))
+            ids = word_token_ids(self.model.tokenizer, query, strict=False) or [-1]
+            match = torch.isin(lens, torch.tensor(ids))
             rows = match.any(dim=1).nonzero().flatten()
             # rank: by output score when stored, else by how high the word sits in the lens list
             first = match.float().argmax(dim=1)
