@@ -12,9 +12,12 @@ Usage (the shipped SAEs, after they and their feature stores exist):
   .venv/bin/python scripts/score_features.py --model smollm2-135m            # every registered SAE
   .venv/bin/python scripts/score_features.py --model smollm2-135m --sae topk-l15-8k --dtype bfloat16
 
-On this 2-core CPU an 8192-feature SAE takes about a minute for the output scores in
-float32 (bfloat16 is about twice as fast); the corpus scan for input scores about as long
-per 64k tokens. With --json the last line is a JSON summary (timings, top features).
+The model runs in bfloat16 by default (CPU AMX makes it ~4x faster than float32 here; the
+scores rank features, so bf16 logits are precise enough); pass --dtype float32 for exact
+fp32 scores. Measured on the 2-core dev CPU while other jobs ran: 1024 features took 10.6 s
+in bf16 and 44 s in fp32 (128 features per forward), so an 8192-feature SAE takes about
+1.5 min in bf16; the corpus scan for input scores takes a few minutes per 64k tokens.
+With --json the last line is a JSON summary (timings, top features).
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="model name (default smollm2-135m)")
     parser.add_argument("--sae", nargs="+", default=None, help="registered SAE names (default: all of the model)")
-    parser.add_argument("--dtype", default=None, help="model dtype (default float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--dtype", default="bfloat16", help="model dtype (default bfloat16; float32 for exact scores)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--batch-size", type=int, default=128, help="features per forward (default 128)")
     parser.add_argument("--k", type=int, default=20, help="logit-lens tokens per feature (default 20)")
