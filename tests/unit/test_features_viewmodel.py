@@ -92,3 +92,12 @@ def test_viewmodel_imports_no_gui():
     code = ("import sys, workbench.viewmodels.features; "
             "bad = [m for m in ('panel', 'ipywidgets', 'bokeh') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_steering_scores_become_sortable_columns(vm):
+    import numpy as np
+
+    assert "output_score" not in vm.columns()
+    vm.store.set_scores("output_score", np.arange(6) / 10)
+    assert vm.columns()[-1] == "output_score"
+    assert vm.browse() and {r["feature"]: r["output_score"] for r in vm.results}[3] == pytest.approx(0.3)

@@ -21,7 +21,7 @@ PLACEHOLDERS = {
     "text": "a sentence; latents are ranked by how strongly they fire on it",
     "contexts": "words that appear in a latent's top contexts or explanations",
 }
-COLUMN_TITLES = {"feature": "#", "top_token_text": "top token", "density": "density", "max_act": "max act",
+COLUMN_TITLES = {"feature": "latent", "top_token_text": "top token", "density": "density", "max_act": "max act",
                  "n_contexts": "contexts", "score": "match", "frac": "fires on token", "specificity": "specificity",
                  "token": "token",
                  "text_act": "act on text", "where": "found in", "snippet": "snippet",
@@ -60,6 +60,7 @@ def build(context: AppContext) -> pn.viewable.Viewable:
     formatters = {COLUMN_TITLES[c]: NumberFormatter(format=f) for c, f in
                   [("density", "0.000%"), ("max_act", "0.00"), ("score", "0.000"), ("frac", "0%"), ("specificity", "0%"),
                    ("text_act", "0.00"), ("input_score", "0.000"), ("output_score", "0.000")]}
+    formatters[COLUMN_TITLES["feature"]] = NumberFormatter(format="0")  # latent ids without thousands commas
     # Bokeh's DataTable (not Tabulator): it needs no extra front-end bundle, so the page also works
     # when it is opened after another page (extensions load only with the first page).
     table = pn.widgets.DataFrame(_frame(vm), show_index=True, sortable=True, disabled=True, selection=[],
