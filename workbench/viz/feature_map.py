@@ -16,6 +16,7 @@ def feature_map(xy: np.ndarray, density: np.ndarray, labels: Sequence[str] | Non
                 width: int = 620, height: int = 460, title: str = ""):
     """hv.Points of the latents at xy [F, 2], coloured by log10 density [F], with hover and tap tools."""
     import holoviews as hv
+    import holoviews.plotting.bokeh  # noqa: F401  (registers the backend, so .opts works without hv.extension)
 
     xy = np.asarray(xy, dtype=np.float64)
     density = np.asarray(density, dtype=np.float64)
@@ -35,6 +36,7 @@ def feature_map(xy: np.ndarray, density: np.ndarray, labels: Sequence[str] | Non
 def selection_marker(xy: np.ndarray, index: int | None):
     """A red ring around latent `index` on the map (empty when None)."""
     import holoviews as hv
+    import holoviews.plotting.bokeh  # noqa: F401
 
     points = {"x": [], "y": []}
     if index is not None and 0 <= index < len(xy):
