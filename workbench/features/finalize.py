@@ -17,6 +17,7 @@ Derived here, once per harvest (F = d_sae):
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,14 +58,23 @@ class StoreContent:
 def finalize(acc: FeatureAccumulator, model, sae, packed, config, *, progress: bool = False) -> StoreContent:
     """Compute every derived table from the accumulator (see the module docstring)."""
     F = acc.spec.d_sae
+
+    def say(step: str) -> None:  # finalising an 8k-latent SAE takes a minute or two: say what runs
+        if progress:
+            print(f"finalise {sae.cfg.site} ({F} latents): {step}", file=sys.stderr, flush=True)
+
+    say("examples")
     examples = _examples(acc, config)
     rows = np.unique(np.concatenate([e["row"] for e in examples.values()] or [np.zeros(0, np.int32)]))
     tokens_np = packed.tokens.numpy()
     context_tokens = tokens_np[rows] if rows.size else np.zeros((0, packed.context_size), np.int64)
 
+    say("logit effects")
     logits = _logit_effects(model, sae, config.n_logits)
+    say("neighbours")
     decoder_ids, decoder_cos = _decoder_neighbours(sae, config.n_neighbours)
     cofire_ids, cofire_jac = _cofire_neighbours(acc, config.n_neighbours)
+    say("features by token, cards")
     token_rows = _token_features(acc, config)
 
     fired = acc.fired.numpy()
@@ -107,6 +117,8 @@ def finalize(acc: FeatureAccumulator, model, sae, packed, config, *, progress: b
             "pos": packed.pos.numpy()[rows].astype(np.int32)}, keys=("tokens",))),
         "hist_edges": pack_arrays({"edges": acc.hist_edges.numpy().astype(np.float32)}),
     }
+    if config.umap:
+        say("UMAP of the decoder directions")
     umap_xy = _umap(sae, config) if config.umap else None
     if umap_xy is not None:
         blobs["umap"] = pack_arrays({"xy": umap_xy})
