@@ -4,7 +4,7 @@ Runs the SAE over N tokens of the corpus (batched, with a progress bar) and writ
 SQLite feature store (workbench/features/schema.py) atomically. Interrupted (Ctrl-C, or
 `--stop-after` batches), it keeps its state in STORE.harvest/; the same command run again
 continues from there. With --json the last line is one JSON object: out, complete,
-n_tokens, d_sae, dead_frac, dense_frac, size_bytes, seconds, batches_done, n_batches.
+n_tokens, d_sae, dead_frac, dense_frac, size_bytes, seconds, batches_done, n_batches, resumed_from.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ def run_harvest(args: argparse.Namespace) -> int:
                       stop_after_batches=args.stop_after, command=command)
     result = {"out": str(summary.out), "complete": summary.complete, "n_tokens": summary.n_tokens,
               "d_sae": sae.cfg.d_sae, "batches_done": summary.batches_done, "n_batches": summary.n_batches,
+              "resumed_from": summary.resumed_from,
               "seconds": round(summary.seconds, 1), **{k: v for k, v in summary.stats.items() if k != "path"}}
     if summary.complete:
         stats = summary.stats
