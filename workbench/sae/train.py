@@ -279,7 +279,10 @@ class Trainer:
         for i, (cfg, name) in enumerate(zip(self.configs, self.names)):
             sae = create_sae(cfg, device=self.device, seed=tc.seed + i).train()
             lr = tc.lr if tc.lr is not None else default_lr(cfg.d_sae)
-            optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps)
+            # fused Adam (one kernel per step on CUDA, vectorised on CPU): same update, less overhead
+            fused = self.device.type in ("cpu", "cuda")
+            optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=(tc.adam_beta1, tc.adam_beta2), eps=tc.adam_eps,
+                                         fused=fused)
             since = torch.zeros(cfg.d_sae, dtype=torch.int64, device=self.device)
             self.runs.append(_Run(name=name, sae=sae, optimizer=optimizer, base_lr=lr, since_fired=since))
 
