@@ -101,13 +101,15 @@ def test_decode_int32_indices(interpreter, generator):
     assert torch.equal(y32, y64)
 
 
-@pytest.mark.parametrize("tuner_name", ["gather_sum_tiny", "gather_sum_small", "gather_sum_large", "scatter_rows", "gather_dot"])
+@pytest.mark.parametrize("tuner_name", ["gather_slots", "gather_tiles_small", "gather_tiles_large", "scatter_rows", "gather_dot"])
 def test_decode_every_launch_config(interpreter, generator, tuner_name):
     from workbench.kernels.decode import triton as kernels
 
-    tuner = {t.name: t for t in (kernels.GATHER_SUM_TINY, kernels.GATHER_SUM_SMALL, kernels.GATHER_SUM_LARGE,
+    tuner = {t.name: t for t in (kernels.GATHER_SLOTS, kernels.GATHER_TILES_SMALL, kernels.GATHER_TILES_LARGE,
                                  kernels.SCATTER_ROWS, kernels.GATHER_DOT)}[tuner_name]
-    n_rows = {"gather_sum_tiny": 2, "gather_sum_small": 40}.get(tuner_name, 300)
+    # Row counts that reach each kernel; 300 rows make dozens of tiles, so the persistent
+    # grid (2 x per_sm programs under the interpreter) walks several items per program.
+    n_rows = {"gather_slots": 2, "gather_tiles_small": 40}.get(tuner_name, 300)
     acts, idx, W, b, grad_y = _inputs(n_rows, 3, 70, 140, "skewed", torch.bfloat16, torch.bfloat16, generator)
     for config in tuner.candidates:
         with force_config(tuner_name, config):
@@ -145,3 +147,39 @@ def test_decode_compiles_fullgraph(interpreter, generator):
     assert_close(y.detach(), y_ref, "compiled y")
     for leaf, want, name in zip(leaves, grads_ref, ("d acts", "d W_dec", "d b_dec")):
         assert_close(leaf.grad, want, f"compiled {name}")
+
+
+@pytest.fixture
+def dense_route(monkeypatch):
+    """Send every call through decode/dense.py (GEMMs over the named latents), whatever k."""
+    from workbench.kernels.decode import dense
+
+    monkeypatch.setattr(dense, "DENSE_MIN_K", 1)
+    monkeypatch.setattr(dense, "GATHER_BYTES_PER_S", 1.0)  # gathers "cost" forever: dense always wins
+    return dense
+
+
+@pytest.mark.parametrize("codes,kind", [(torch.float32, "unique"), (torch.float32, "skewed"), (torch.bfloat16, "unique")],
+                         ids=["fp32-unique", "fp32-skewed", "bf16-unique"])
+def test_decode_dense_route_matches_reference(interpreter, generator, dense_route, codes, kind):
+    # fp32 weights under fp32 or bf16 codes (the AuxK layout under autocast); skewed rows
+    # repeat latents within a row, summed in the dense codes. (With bf16 codes such a sum is
+    # rounded to bf16 once before the GEMM, documented in dense.py; TopK and AuxK rows never
+    # repeat a latent.)
+    _compare(*_inputs(23, 9, 40, 21, kind, codes, torch.float32, generator), f"dense route {codes} {kind}")
+
+
+def test_decode_dense_route_d_acts_alone_and_bad_indices(interpreter, generator, dense_route):
+    acts, idx, W, b, grad_y = _inputs(12, 7, 30, 16, "unique", torch.float32, torch.float32, generator)
+    codes = acts.clone().requires_grad_()
+    with use("triton"):
+        sparse_decode(codes, idx, W, b).backward(grad_y)
+    expected = reference.decode_backward(grad_y, acts, idx, W, True, False)[0]
+    assert_close(codes.grad, expected, "dense route d acts")
+    # Out-of-range ids (possible on CUDA, where they are not checked) contribute nothing.
+    from workbench.kernels.decode import triton as kernels
+
+    bad = idx.clone()
+    bad[0, 0], bad[3, 2] = -1, 30
+    kept = torch.where((bad >= 0) & (bad < 30), acts, 0.0)
+    assert_close(kernels.gather_sum(acts, bad, W), reference.gather_sum(kept, bad.clamp(0, 29), W), "invalid ids")

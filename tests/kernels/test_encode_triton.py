@@ -1,9 +1,11 @@
-"""Triton TopK encoder (radix-select top-k, sparse backward) against its reference, CPU interpreter.
+"""Fast TopK encoder (torch.topk selection, Triton sparse backward) against its reference, CPU interpreter.
 
-Selection is checked exactly against the pre-activations the Triton path itself computed
-(k largest, ties to the lowest index, ascending slots, ReLU / sign / dead-mask rules), and
-against the reference where the top-k is unambiguous. Gradients are compared with the
-reference's sparse backward on the same selected slots: dx, dW_enc, db_enc, with AuxK.
+Selection is checked against the pre-activations the fast path itself computed (k
+largest, ascending slots, ReLU / sign / dead-mask rules, AuxK among gathered dead columns),
+and against the reference where the top-k is unambiguous. Gradients are compared with the
+reference's sparse backward on the same selected slots: dx, dW_enc, db_enc, with AuxK
+(also through the dense route that large k_aux takes), and the weight table the forward
+hands to the backward.
 """
 
 from __future__ import annotations
@@ -43,17 +45,6 @@ def test_selection_is_an_exact_topk(interpreter, generator, dtype, absolute, n_l
     assert_valid_topk(pre, vals, idx, k, absolute)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_selection_ties_go_to_the_lowest_index(interpreter, dtype):
-    pre = torch.tensor([[1.0, 3.0, 2.0, 3.0, 2.0, 2.0, -1.0, 2.0]], dtype=dtype)
-    vals, idx = kernels.select_topk(pre, 4, absolute=False)
-    assert idx.tolist() == [[1, 2, 3, 4]]
-    assert vals.tolist() == [[3.0, 2.0, 3.0, 2.0]]
-    # Everything negative: ReLU'd values are 0, the least negative latents are chosen.
-    vals, idx = kernels.select_topk(-pre.abs() - 1, 2, absolute=False)
-    assert idx.tolist() == [[0, 6]] and vals.tolist() == [[0.0, 0.0]]
-
-
 @pytest.mark.parametrize("absolute", [False, True], ids=["topk", "abstopk"])
 def test_aux_selection_only_among_dead_latents(interpreter, generator, absolute):
     pre = torch.randn(6, 90, generator=generator)
@@ -66,6 +57,9 @@ def test_aux_selection_only_among_dead_latents(interpreter, generator, absolute)
     vals, idx = kernels.select_topk(pre, 6, absolute, mask=few)
     assert_valid_topk(pre, vals, idx, 6, absolute, mask=few)
     assert few[idx].sum(dim=1).tolist() == [2] * 6
+    most = torch.rand(90, generator=generator) < 0.8  # more than half dead: the masked top-k route
+    vals, idx = kernels.select_topk(pre, 8, absolute, mask=most)
+    assert_valid_topk(pre, vals, idx, 8, absolute, mask=most)
 
 
 @pytest.mark.parametrize("absolute", [False, True], ids=["topk", "abstopk"])
@@ -101,13 +95,11 @@ def test_encode_bf16_selection_and_backward(interpreter, generator):
     assert_valid_topk(pre, vals, idx, k, absolute=False)
     assert_valid_topk(pre, aux_vals, aux_idx, 4, absolute=False, mask=dead)
     # Backward on identical slots: the Triton kernels against the reference formulas.
-    g, latents = reference.slot_gradients(
-        torch.randn(vals.shape, generator=generator).to(vals.dtype),
-        torch.randn(aux_vals.shape, generator=generator).to(aux_vals.dtype),
-        vals, idx, aux_vals, aux_idx, dead, absolute=False,
-    )
-    got = kernels.encode_backward(g, latents, x, W_enc)
-    want = reference.encode_backward(g, latents, x, W_enc)
+    args = (torch.randn(vals.shape, generator=generator).to(vals.dtype),
+            torch.randn(aux_vals.shape, generator=generator).to(aux_vals.dtype),
+            vals, idx, aux_vals, aux_idx, dead, False)
+    got = kernels.encode_backward(reference.slot_gradient_parts(*args), x, W_enc)
+    want = reference.encode_backward(*reference.slot_gradients(*args), x, W_enc)
     for a, b, name in zip(got, want, ("dx", "dW_enc", "db_enc")):
         assert_close(a, b, name)
 
@@ -134,15 +126,41 @@ def test_encode_hot_latents_and_noncontiguous_input(interpreter, generator):
         assert_close(g, w, name)
 
 
-def test_every_topk_launch_config(interpreter, generator):
-    pre = torch.randn(4, 5000, generator=generator).to(torch.bfloat16)  # > the largest BLOCK
-    dead = torch.rand(5000, generator=generator) < 0.1
-    for config in kernels.TOPK_ROWS.candidates:
-        with force_config("topk_rows", config):
-            vals, idx = kernels.select_topk(pre, 33, absolute=False)
-            assert_valid_topk(pre, vals, idx, 33, absolute=False)
-            vals, idx = kernels.select_topk(pre.float(), 7, absolute=True, mask=dead)
-            assert_valid_topk(pre.float(), vals, idx, 7, absolute=True, mask=dead)
+def test_large_aux_part_through_the_dense_route(interpreter, generator, monkeypatch):
+    # AuxK with k_aux in the hundreds takes decode/dense.py (GEMMs over the dead latents
+    # named), added to the main slots' sparse results; here forced at a small k_aux.
+    from workbench.kernels.decode import dense
+
+    monkeypatch.setattr(dense, "DENSE_MIN_K", 6)
+    monkeypatch.setattr(dense, "GATHER_BYTES_PER_S", 1.0)
+    for dtype in (torch.float32, torch.bfloat16):
+        n_rows, d_in, n_latents, k, k_aux = 17, 24, 64, 4, 7
+        x, W_enc, b_enc = _encoder(n_rows, d_in, n_latents, dtype, generator)
+        dead = torch.rand(n_latents, generator=generator) < 0.3
+        with use("triton"):
+            vals, idx, aux_vals, aux_idx = topk_encode(x, W_enc, b_enc, k, dead_mask=dead, k_aux=k_aux)
+        args = (torch.randn(vals.shape, generator=generator).to(dtype), torch.randn(aux_vals.shape, generator=generator).to(dtype),
+                vals, idx, aux_vals, aux_idx, dead, False)
+        table = kernels.encoder_table(W_enc, dtype)
+        got = kernels.encode_backward(reference.slot_gradient_parts(*args), x, W_enc, table)
+        want = reference.encode_backward(*reference.slot_gradients(*args), x, W_enc)
+        for a, b, name in zip(got, want, ("dx", "dW_enc", "db_enc")):
+            # bf16: the dense route rounds its partial sums to bf16 once more than the kernels
+            assert_close(a, b, f"{dtype} {name}", rtol=None if dtype == torch.float32 else 3e-2)
+
+
+def test_encoder_table_is_a_view_or_one_transposing_cast(interpreter, generator):
+    W = torch.randn(13, 70, generator=generator)  # [d_in, d_sae]
+    table = kernels.encoder_table(W, torch.bfloat16)
+    assert table.shape == (70, 13) and table.is_contiguous() and table.dtype == torch.bfloat16
+    assert torch.equal(table, W.t().to(torch.bfloat16))  # round to nearest, as torch casts
+    strided = W.t().contiguous().t()[:, ::2]  # [13, 35] column-major, every other latent
+    assert torch.equal(kernels.transpose_cast(strided, torch.float32), strided.t())
+    stored = torch.randn(70, 13, generator=generator)  # nn.Linear-style [d_sae, d_in] storage
+    assert kernels.encoder_table(stored.t(), torch.float32).data_ptr() == stored.data_ptr()
+    for config in kernels.TRANSPOSE_CAST.candidates:
+        with force_config("transpose_cast", config):
+            assert torch.equal(kernels.transpose_cast(W, torch.float32), W.t())
 
 
 def test_encode_opcheck(interpreter, generator):
@@ -152,11 +170,18 @@ def test_encode_opcheck(interpreter, generator):
         args = (x.requires_grad_(), W_enc.requires_grad_(), b_enc.requires_grad_(), 5, mask, k_aux, absolute)
         results = torch.library.opcheck(encode_op.topk_encode_op, args)
         assert set(results.values()) == {"SUCCESS"}, results
+    table = encode_op.encoder_table_op(W_enc.detach(), torch.float32)
+    args = (x, W_enc, b_enc, 5, dead, 4, False, table)
+    results = torch.library.opcheck(encode_op.topk_encode_op, args)
+    assert set(results.values()) == {"SUCCESS"}, results
+    results = torch.library.opcheck(encode_op.encoder_table_op, (W_enc.detach(), torch.bfloat16))
+    assert set(results.values()) == {"SUCCESS"}, results
     vals, idx, aux_vals, aux_idx = encode_op.topk_encode_op(x.detach(), W_enc.detach(), b_enc.detach(), 5, dead, 4, False)
     backward_args = (torch.randn_like(vals), torch.randn_like(aux_vals), x.detach(), W_enc.detach(), vals, idx,
                      aux_vals, aux_idx, dead, False, True, True, True)
-    results = torch.library.opcheck(encode_op.topk_encode_backward_op, backward_args)
-    assert set(results.values()) == {"SUCCESS"}, results
+    for extra in ((), (table,)):
+        results = torch.library.opcheck(encode_op.topk_encode_backward_op, backward_args + extra)
+        assert set(results.values()) == {"SUCCESS"}, results
 
 
 def test_whole_sae_step_compiles_fullgraph(interpreter, generator):

@@ -118,16 +118,15 @@ def test_topk_encode_real_shape(dtype):
         ref_vals, _, _, _ = topk_encode(x, W_enc, b_enc, k)
     # The reference rounds an fp32-accumulated pre once; cuBLAS may differ by an ulp.
     assert_close(vals.float().sort(dim=1).values, ref_vals.float().sort(dim=1).values, "top-k values", rtol=2e-2)
-    g, latents = encode_reference.slot_gradients(
-        torch.randn(vals.shape, device=CUDA, generator=generator).to(dtype),
-        torch.randn(aux_vals.shape, device=CUDA, generator=generator).to(dtype),
-        vals, idx, aux_vals, aux_idx, dead, absolute=False,
-    )
+    args = (torch.randn(vals.shape, device=CUDA, generator=generator).to(dtype),
+            torch.randn(aux_vals.shape, device=CUDA, generator=generator).to(dtype),
+            vals, idx, aux_vals, aux_idx, dead, False)
     from workbench.kernels.encode import triton as encode_kernels
 
     poison_allocator()
-    got = encode_kernels.encode_backward(g, latents, x, W_enc)
-    want = encode_reference.encode_backward(g, latents, x, W_enc)
+    table = encode_kernels.encoder_table(W_enc, dtype)  # what the forward hands to the backward
+    got = encode_kernels.encode_backward(encode_reference.slot_gradient_parts(*args), x, W_enc, table)
+    want = encode_reference.encode_backward(*encode_reference.slot_gradients(*args), x, W_enc)
     for a, b, name in zip(got, want, ("dx", "dW_enc", "db_enc")):
         assert_close(a, b, f"{dtype}: {name}")
 

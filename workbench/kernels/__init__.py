@@ -9,14 +9,18 @@
     active_backend("sparse_decode", device, dtype)               # -> "reference" | "triton"
     flat_idx = batch_topk_indices(relu_pre, k * N)               # BatchTopK: the k*N largest of a batch
 
-Each op lives in its own folder, `decode/`, `encode/` and `batch_topk/` (topk_encode's
-folder is not named `topk_encode`, which would shadow the function once imported): `reference.py`
+Each op lives in its own folder, `decode/` and `encode/` (topk_encode's folder is not
+named `topk_encode`, which would shadow the function once imported): `reference.py`
 (plain torch, fp32 accumulation: the spec), `triton.py` (the kernels and their
 launchers), `op.py` (autograd for the reference; torch.library custom op + fake +
-autograd for the Triton path). `dispatch.py` picks the
-backend lazily per (op, device type, dtype): Triton on CUDA, the reference elsewhere;
-`WORKBENCH_KERNELS=reference|triton|auto` or `use(...)` override it. Importing this
-package registers the torch.library ops and imports neither triton nor torch._dynamo.
+autograd for the fast path); `decode/dense.py` runs products with hundreds of slots per
+row (AuxK) as GEMMs over the latents named. `batch_topk/` holds only a reference: torch's
+top-k beat the custom kernel there. `dispatch.py` picks the backend lazily per (op,
+device type, dtype): Triton on CUDA, the reference elsewhere;
+`WORKBENCH_KERNELS=reference|triton|auto` or `use(...)` override it. `tuning.py` picks
+launch configs (timed and cross-checked on first use), `launch.py` launches the
+one-token decode kernel without Triton's per-call bookkeeping. Importing this package
+registers the torch.library ops and imports neither triton nor torch._dynamo.
 """
 
 from workbench.kernels.api import batch_topk_indices, sparse_decode, topk_encode

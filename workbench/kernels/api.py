@@ -20,14 +20,13 @@ import importlib
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.kernels.batch_topk import op as batch_topk_op
 from workbench.kernels.batch_topk import reference as batch_topk_reference
 from workbench.kernels.decode import op as decode_op
-from workbench.kernels.dispatch import active_backend
+from workbench.kernels.dispatch import _resolve, active_backend
 from workbench.kernels.encode import op as encode_op
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-_INDEX_DTYPES = (torch.int64, torch.int32)
+_FLOAT_DTYPES = frozenset((torch.float32, torch.bfloat16, torch.float16, torch.float64))
+_INDEX_DTYPES = frozenset((torch.int64, torch.int32))
 _modules: dict[str, object] = {}
 
 
@@ -56,17 +55,9 @@ def _check_indices(indices: torch.Tensor, n_latents: int, what: str) -> None:
             )
 
 
-def sparse_decode(
-    acts: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None
-) -> torch.Tensor:
-    """y[n] = sum_j acts[n, j] * W_dec[indices[n, j]] (+ b_dec): the sparse decoder of a TopK-style SAE.
-
-    acts [N, k] float (fp32/bf16/fp16), indices [N, k] int64 or int32, W_dec [d_sae, d_out]
-    (its dtype may differ from acts', e.g. fp32 weights with bf16 codes under autocast),
-    b_dec [d_out] or None. Returns y [N, d_out] in acts' dtype, summed in fp32.
-    Differentiable in acts, W_dec and b_dec; the backward touches only the named rows of
-    W_dec (d acts = gathered dot products, d W_dec = rows accumulated latent by latent).
-    """
+def _check_decode_inputs(acts, indices, W_dec, b_dec) -> None:
+    # Ordered cheapest first: this runs on every call, including one-token decodes where
+    # the whole call should take a few microseconds.
     if acts.dim() != 2 or indices.shape != acts.shape:
         raise WorkbenchError(
             f"sparse_decode expects acts and indices of one shape [N, k]; got acts {tuple(acts.shape)} "
@@ -78,16 +69,39 @@ def sparse_decode(
         raise WorkbenchError(f"sparse_decode expects floating acts and W_dec; got {acts.dtype} and {W_dec.dtype}")
     if indices.dtype not in _INDEX_DTYPES:
         raise WorkbenchError(f"sparse_decode expects int64 or int32 indices; got {indices.dtype}")
-    if b_dec is not None and tuple(b_dec.shape) != (W_dec.shape[1],):
-        raise WorkbenchError(f"sparse_decode expects b_dec [{W_dec.shape[1]}]; got shape {tuple(b_dec.shape)}")
-    if not (acts.device == indices.device == W_dec.device) or (b_dec is not None and b_dec.device != W_dec.device):
+    device = acts.device
+    if b_dec is not None:
+        if b_dec.dim() != 1 or b_dec.shape[0] != W_dec.shape[1]:
+            raise WorkbenchError(f"sparse_decode expects b_dec [{W_dec.shape[1]}]; got shape {tuple(b_dec.shape)}")
+        if b_dec.device != device:
+            raise WorkbenchError("sparse_decode expects acts, indices, W_dec and b_dec on one device")
+    if indices.device != device or W_dec.device != device:
         raise WorkbenchError("sparse_decode expects acts, indices, W_dec and b_dec on one device")
-    _check_indices(indices, W_dec.shape[0], "indices")
+    if device.type == "cpu":
+        _check_indices(indices, W_dec.shape[0], "indices")
 
-    backend = active_backend("sparse_decode", acts.device, acts.dtype)
+
+def sparse_decode(
+    acts: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None
+) -> torch.Tensor:
+    """y[n] = sum_j acts[n, j] * W_dec[indices[n, j]] (+ b_dec): the sparse decoder of a TopK-style SAE.
+
+    acts [N, k] float (fp32/bf16/fp16), indices [N, k] int64 or int32, W_dec [d_sae, d_out]
+    (its dtype may differ from acts', e.g. fp32 weights with bf16 codes under autocast),
+    b_dec [d_out] or None. Returns y [N, d_out] in acts' dtype, summed in fp32.
+    Differentiable in acts, W_dec and b_dec; the backward touches only the named rows of
+    W_dec (d acts = gathered dot products, d W_dec = rows accumulated latent by latent).
+    """
+    _check_decode_inputs(acts, indices, W_dec, b_dec)
+    backend = _resolve("sparse_decode", acts.device.type, acts.dtype)
     if backend == "triton":
-        if not _needs_grad(acts, W_dec, b_dec) and not torch.compiler.is_compiling():
-            return _triton_module("decode").decode_forward(acts, indices, W_dec, b_dec)
+        if not (
+            torch.is_grad_enabled()
+            and (acts.requires_grad or W_dec.requires_grad or (b_dec is not None and b_dec.requires_grad))
+        ) and not torch.compiler.is_compiling():
+            # The lean path: no custom-op or autograd boundary (one-token latency).
+            module = _modules.get("decode") or _triton_module("decode")
+            return module.decode_forward(acts, indices, W_dec, b_dec)
         return decode_op.sparse_decode_op(acts, indices, W_dec, b_dec)
     return decode_op.ReferenceDecode.apply(acts, indices, W_dec, b_dec)
 
@@ -149,7 +163,11 @@ def topk_encode(
     if backend == "triton":
         if not _needs_grad(x, W_enc, b_enc) and not torch.compiler.is_compiling():
             return _triton_module("encode").encode_forward(x, W_enc, b_enc, k, dead_mask, k_aux, absolute)
-        return encode_op.topk_encode_op(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
+        # The weights as the GEMM and the backward both want them: [d_sae, d_in] in x's dtype.
+        table = W_enc.detach().t()
+        if table.dtype != x.dtype or not table.is_contiguous():
+            table = encode_op.encoder_table_op(W_enc.detach(), x.dtype)
+        return encode_op.topk_encode_op(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute), table)
     return encode_op.ReferenceTopKEncode.apply(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
 
 
@@ -159,15 +177,11 @@ def batch_topk_indices(values: torch.Tensor, n: int) -> torch.Tensor:
     BatchTopK's selection: values = ReLU(pre) [N, d_sae], n = k * N; row = idx // d_sae,
     latent = idx % d_sae. Integer output, no gradient: gather the values you need from
     `values` (which keeps its graph). Among ties at the n-th place the choice is
-    unspecified (the Triton kernel keeps the lowest indices).
+    unspecified. Every backend runs torch.topk + sort (`batch_topk/reference.py`): an exact
+    Triton radix select was measured on the H200 at 3.3x torch's time and was removed.
     """
     if not values.is_floating_point():
         raise WorkbenchError(f"batch_topk_indices expects floating values; got {values.dtype}")
     if not (0 <= int(n) <= values.numel()):
         raise WorkbenchError(f"batch_topk_indices expects 0 <= n <= {values.numel()} (the number of entries); got n = {n}")
-    backend = active_backend("batch_topk", values.device, values.dtype)
-    if backend == "triton":
-        if torch.compiler.is_compiling():
-            return batch_topk_op.batch_topk_indices_op(values, int(n))
-        return _triton_module("batch_topk").batch_topk_indices(values, int(n))
     return batch_topk_reference.batch_topk_indices(values, int(n))

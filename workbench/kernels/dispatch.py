@@ -147,8 +147,9 @@ def active_backend(op: str, device: torch.device | str, dtype: torch.dtype) -> s
 
 
 def _resolve(op: str, device_type: str, dtype: torch.dtype) -> str:
-    choice = _choices.get((op, device_type, dtype, current_mode()))  # the per-call fast path
-    return choice if choice is not None else _choose(op, device_type, dtype, current_mode())
+    mode = current_mode()
+    choice = _choices.get((op, device_type, dtype, mode))  # the per-call fast path
+    return choice if choice is not None else _choose(op, device_type, dtype, mode)
 
 
 # torch.compile runs `_resolve` once while tracing and bakes the answer into the graph (a

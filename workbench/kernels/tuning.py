@@ -2,7 +2,11 @@
 
 On CUDA the first call for a shape bucket times every candidate (triton's `do_bench`,
 median of a few milliseconds each; a candidate that fails to compile or launch, e.g. out
-of shared memory or registers, is skipped) and caches the fastest. Under the Triton
+of shared memory or registers, is skipped) and caches the fastest. When the launcher
+names its outputs, every candidate's outputs are also compared with the first working
+candidate's (2% of the largest magnitude for floats, exact for integers) and a candidate
+that disagrees is rejected with a warning: a miscompiled or wrong config can never win
+the timing. Under the Triton
 interpreter (CPU tests) timing means nothing, so the first candidate is used, unless a
 test forces one with `force_config`. `WORKBENCH_KERNELS_TUNE=0` skips timing on CUDA too
 and takes the first candidate (quick start, e.g. for a one-off inspection).
@@ -60,9 +64,21 @@ class Tuner:
     """Configs (constexpr block sizes plus num_warps / num_stages); the first is the default."""
     chosen: dict = field(default_factory=dict)
     """key -> config picked so far in this process."""
+    rejected: dict = field(default_factory=dict)
+    """key -> configs whose outputs disagreed with the first candidate's (see `pick`)."""
 
-    def pick(self, key: tuple, device: torch.device, launch: Callable[[dict], object]) -> dict:
-        """The config for `key`; times the candidates with `launch(config)` on first use (CUDA)."""
+    def pick(
+        self,
+        key: tuple,
+        device: torch.device,
+        launch: Callable[[dict], object],
+        outputs: Callable[[], tuple[torch.Tensor, ...]] | None = None,
+    ) -> dict:
+        """The config for `key`; times the candidates with `launch(config)` on first use (CUDA).
+
+        `outputs()` returns the tensors a launch writes; with it, candidates are also
+        checked against each other before any timing counts.
+        """
         forced = _forced.get(self.name)
         if forced is not None:
             return forced
@@ -72,18 +88,28 @@ class Tuner:
         if device.type != "cuda" or interpreting() or os.environ.get("WORKBENCH_KERNELS_TUNE", "1") == "0":
             config = self.candidates[0]
         else:
-            config = self._time_candidates(key, launch)
+            config = self._time_candidates(key, launch, outputs)
         self.chosen[key] = config
         return config
 
-    def _time_candidates(self, key: tuple, launch: Callable[[dict], object]) -> dict:
+    def _time_candidates(self, key: tuple, launch: Callable[[dict], object], outputs) -> dict:
         from triton.testing import do_bench
 
         timings = []
+        reference = reference_config = None
         for config in self.candidates:
             try:
                 launch(config)  # compile + correctness of the launch itself
                 torch.cuda.synchronize()
+                if outputs is not None:
+                    produced = [tensor.detach().clone() for tensor in outputs()]
+                    if reference is None:
+                        reference, reference_config = produced, config
+                    elif not outputs_agree(produced, reference):
+                        self.rejected.setdefault(key, []).append(config)
+                        log.warning("kernels: %s config %s rejected for %s: its outputs differ from config %s's",
+                                    self.name, config, key, reference_config)
+                        continue
                 timings.append((do_bench(lambda: launch(config), warmup=2, rep=8, return_mode="median"), config))
             except Exception as error:  # noqa: BLE001 (a config that cannot run is just skipped)
                 log.info("kernels: %s config %s skipped for %s: %s", self.name, config, key, str(error).splitlines()[0][:200])
@@ -94,15 +120,43 @@ class Tuner:
         return best
 
 
+def outputs_agree(produced: list[torch.Tensor], reference: list[torch.Tensor]) -> bool:
+    """Same shapes; floats within 2% of the reference's largest magnitude (NaN where it has NaN); integers equal."""
+    for got, want in zip(produced, reference):
+        if got.shape != want.shape or got.dtype != want.dtype:
+            return False
+        if not got.is_floating_point():
+            if not torch.equal(got, want):
+                return False
+            continue
+        if got.numel() == 0:
+            continue
+        got, want = got.float(), want.float()
+        if not torch.equal(torch.isfinite(got), torch.isfinite(want)):
+            return False
+        finite = torch.isfinite(want)
+        if not bool(finite.any()):
+            continue
+        scale = float(want[finite].abs().max())
+        if float((got[finite] - want[finite]).abs().max()) > 2e-2 * max(scale, 1e-30):
+            return False
+    return True
+
+
+# Config keys the launcher reads itself (not kernel arguments): `per_sm` caps a persistent
+# kernel's grid at that many programs per multiprocessor.
+LAUNCHER_KEYS = ("num_warps", "num_stages", "per_sm")
+
 _split_cache: dict[int, tuple[dict, dict, dict]] = {}
 
 
 def launch_args(config: dict) -> tuple[dict, dict]:
     """Split a config into (constexpr kwargs, launch kwargs num_warps/num_stages); cached per
-    config object (the candidate dicts live as long as the process)."""
+    config object (the candidate dicts live as long as the process). Launcher-only keys
+    (`per_sm`) go to neither."""
     split = _split_cache.get(id(config))
     if split is None or split[2] is not config:
-        meta = {name: value for name, value in config.items() if name not in ("num_warps", "num_stages")}
+        meta = {name: value for name, value in config.items() if name not in LAUNCHER_KEYS}
         launch = {name: config[name] for name in ("num_warps", "num_stages") if name in config}
         split = _split_cache[id(config)] = (meta, launch, config)
     return split[0], split[1]

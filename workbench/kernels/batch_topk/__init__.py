@@ -1,1 +1,1 @@
-"""BatchTopK selection: the flat indices of the n largest entries of a whole batch; reference, Triton, op."""
+"""BatchTopK selection: the flat indices of the n largest entries of a whole batch (torch.topk + sort)."""

@@ -1,15 +1,20 @@
 """Triton kernels for sparse decode and the two sparse-backward primitives it shares with the encoder.
 
-Three kernels, each with a launcher that has the shape contract of its reference twin in
+Kernels, each behind a launcher with the shape contract of its reference twin in
 `reference.py` (gather_sum, gather_dot, scatter_rows):
 
-- `_gather_sum_kernel` (decode forward, encoder dx): out[n] = sum_j c[n, j] * T[idx[n, j]].
-  One program per (tile of BLOCK_N rows, block of BLOCK_D columns), looping over the k slots
-  UNROLL at a time so that several gathered row segments are in flight; fp32 accumulation in
-  registers. Programs are numbered row-tile fastest, so the programs resident at one time
-  share a column block: when each row's slots are in ascending latent order (as topk_encode
-  returns them) they walk the dictionary in near lockstep and a row segment one token reads
-  is often still in L2 when another token needs it. Zero coefficients skip their load.
+- `_gather_tiles_kernel` (decode forward, encoder dx): out[n] = sum_j c[n, j] * T[idx[n, j]].
+  Work items are (tile of BLOCK_N rows, block of BLOCK_D columns), numbered column block
+  first, and a persistent grid of `per_sm` programs per multiprocessor walks them in that
+  order. So at any moment the whole GPU works on one or two column blocks, and the row
+  segments of one column block (113k named rows x 128 B = 14 MB at d_sae 131072, N 4096)
+  fit in L2: a row named by several tokens comes from HBM once and from L2 after. The
+  slots of an item are read UNROLL at a time (STAGES > 1 prefetches the next group), fp32
+  accumulation in registers; zero coefficients skip their load. The cap on resident
+  programs is what keeps the L2 footprint small; the tuner times several footprints.
+- `_gather_slots_kernel` (one to FEW_ROWS rows, i.e. interactive inspection): slots are a
+  tile dimension, so a program issues all of a row's gathers for its columns at once (one
+  memory round trip); launched through `launch.DirectLaunch` to keep dispatch short.
 - `_gather_dot_kernel` (decode d_acts when W_dec needs no gradient): out[n, j] = <r[n], T[idx[n, j]]>.
 - `_scatter_rows_kernel` (decode dW_dec, encoder dW_enc / db_enc): out[l] = sum over pairs with
   idx == l of c * r[n]. The (row, slot) pairs are sorted by latent (torch.sort) so that each
@@ -23,7 +28,10 @@ Three kernels, each with a launcher that has the shape contract of its reference
   latent instead of once per pair) and the per-latent coefficient sums (encoder db_enc).
   Products run on bf16/fp16 operands when codes and rows are half precision (fp32 weights
   are rounded to that dtype for the fused dot, as autocast would round them), and on fp32
-  operands with 3xTF32 otherwise; accumulation is always fp32.
+  operands in exact fp32 (FMA, "ieee") otherwise; accumulation is always fp32.
+
+Calls with many slots per row (AuxK's k_aux = d_in / 2) go to `dense.py` instead when its
+cost model says so: GEMMs over the latents actually named.
 
 Out-of-range indices are skipped (they contribute nothing and are never dereferenced).
 Every kernel overwrites its outputs completely, so the tuner may launch it repeatedly.
@@ -36,43 +44,86 @@ import triton
 import triton.language as tl
 
 from workbench.kernels import _interpreter
-from workbench.kernels.tuning import Tuner, bucket, launch_args
+from workbench.kernels.decode import dense
+from workbench.kernels.launch import DirectLaunch
+from workbench.kernels.tuning import Tuner, bucket, interpreting, launch_args
 
 _interpreter.install()
 
+FEW_ROWS = 4
+"""Up to this many rows the decode runs `_gather_slots_kernel` (latency), above it the tiles."""
+
 
 @triton.jit
-def _gather_sum_kernel(
+def _gather_tiles_kernel(
     coef_ptr, idx_ptr, table_ptr, bias_ptr, out_ptr,
-    N, K, M, D,
+    N, K, M, D, n_row_tiles, n_items,
     stride_cn, stride_ck, stride_in, stride_ik, stride_tm, stride_td, stride_b, stride_on, stride_od,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr,
     STAGES: tl.constexpr = 1,
 ):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Persistent: items item, item + programs, ... in column-block-major order.
+    for item in tl.range(tl.program_id(0), n_items, tl.num_programs(0)):
+        col_block = item // n_row_tiles
+        row_tile = item - col_block * n_row_tiles
+        rows = row_tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = col_block * BLOCK_D + tl.arange(0, BLOCK_D)
+        row_ok = rows < N
+        col_ok = cols < D
+        rows64 = rows.to(tl.int64)
+        acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+        for j0 in tl.range(0, K, UNROLL, num_stages=STAGES):  # STAGES > 1: prefetch the next slots
+            for u in tl.static_range(UNROLL):
+                slot_ok = row_ok & (j0 + u < K)
+                latent = tl.load(idx_ptr + rows64 * stride_in + (j0 + u) * stride_ik, mask=slot_ok, other=0).to(tl.int64)
+                coef = tl.load(coef_ptr + rows64 * stride_cn + (j0 + u) * stride_ck, mask=slot_ok, other=0.0).to(tl.float32)
+                live = slot_ok & (coef != 0.0) & (latent >= 0) & (latent < M)
+                w = tl.load(
+                    table_ptr + latent[:, None] * stride_tm + cols[None, :] * stride_td,
+                    mask=live[:, None] & col_ok[None, :], other=0.0,
+                )
+                acc += coef[:, None] * w.to(tl.float32)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+        tl.store(
+            out_ptr + rows64[:, None] * stride_on + cols[None, :] * stride_od,
+            acc.to(out_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & col_ok[None, :],
+        )
+
+
+_INT_ARGS = ["K", "M", "D", "stride_cn", "stride_ck", "stride_in", "stride_ik", "stride_tm", "stride_td",
+             "stride_b", "stride_on", "stride_od"]
+_POINTER_ARGS = ["coef_ptr", "idx_ptr", "table_ptr", "bias_ptr", "out_ptr"]
+
+
+# No value specialisation at all (see launch.DirectLaunch): the compiled code depends only on
+# dtypes and constexprs, so it can be launched directly per dtype key.
+@triton.jit(do_not_specialize=_INT_ARGS, do_not_specialize_on_alignment=_POINTER_ARGS)
+def _gather_slots_kernel(
+    coef_ptr, idx_ptr, table_ptr, bias_ptr, out_ptr,
+    K, M, D,
+    stride_cn, stride_ck, stride_in, stride_ik, stride_tm, stride_td, stride_b, stride_on, stride_od,
+    HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    row_ok = rows < N
     col_ok = cols < D
-    rows64 = rows.to(tl.int64)
-    acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    for j0 in tl.range(0, K, UNROLL, num_stages=STAGES):  # STAGES > 1: prefetch the next slots
-        for u in tl.static_range(UNROLL):
-            slot_ok = row_ok & (j0 + u < K)
-            latent = tl.load(idx_ptr + rows64 * stride_in + (j0 + u) * stride_ik, mask=slot_ok, other=0).to(tl.int64)
-            coef = tl.load(coef_ptr + rows64 * stride_cn + (j0 + u) * stride_ck, mask=slot_ok, other=0.0).to(tl.float32)
-            live = slot_ok & (coef != 0.0) & (latent >= 0) & (latent < M)
-            w = tl.load(
-                table_ptr + latent[:, None] * stride_tm + cols[None, :] * stride_td,
-                mask=live[:, None] & col_ok[None, :], other=0.0,
-            )
-            acc += coef[:, None] * w.to(tl.float32)
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for j0 in range(0, K, BLOCK_K):
+        slots = j0 + tl.arange(0, BLOCK_K)
+        slot_ok = slots < K
+        latent = tl.load(idx_ptr + row * stride_in + slots * stride_ik, mask=slot_ok, other=0).to(tl.int64)
+        coef = tl.load(coef_ptr + row * stride_cn + slots * stride_ck, mask=slot_ok, other=0.0).to(tl.float32)
+        live = slot_ok & (coef != 0.0) & (latent >= 0) & (latent < M)
+        w = tl.load(
+            table_ptr + latent[:, None] * stride_tm + cols[None, :] * stride_td,
+            mask=live[:, None] & col_ok[None, :], other=0.0,
+        )
+        acc += tl.sum(coef[:, None] * w.to(tl.float32), axis=0)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    tl.store(
-        out_ptr + rows64[:, None] * stride_on + cols[None, :] * stride_od,
-        acc.to(out_ptr.dtype.element_ty),
-        mask=row_ok[:, None] & col_ok[None, :],
-    )
+        acc += tl.load(bias_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * stride_on + cols * stride_od, acc.to(out_ptr.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit
@@ -142,7 +193,7 @@ def _scatter_rows_kernel(
             r = tl.load(rows_ptr + row[:, None] * stride_rn + cols[None, :] * stride_rd,
                         mask=load_ok[:, None] & col_ok[None, :], other=0.0)
             if DOT_FP32:
-                tile = tl.dot(s_t, r.to(tl.float32), input_precision="tf32x3")
+                tile = tl.dot(s_t, r.to(tl.float32), input_precision="ieee")
             else:
                 tile = tl.dot(s_t.to(r.dtype), r)
             tl.store(out_ptr + latents64[:, None] * stride_om + cols[None, :] * stride_od,
@@ -151,7 +202,7 @@ def _scatter_rows_kernel(
                 table_t = tl.load(table_ptr + latents64[None, :] * stride_tm + cols[:, None] * stride_td,
                                   mask=latent_ok[None, :] & col_ok[:, None] & (end > start), other=0.0)
                 if DOT_FP32:
-                    products = tl.dot(r.to(tl.float32), table_t.to(tl.float32), products, input_precision="tf32x3")
+                    products = tl.dot(r.to(tl.float32), table_t.to(tl.float32), products, input_precision="ieee")
                 else:
                     products = tl.dot(r, table_t.to(r.dtype), products)
         if FUSE_DOT:
@@ -184,7 +235,7 @@ def _scatter_rows_kernel(
                 onehot_t = lanes[:, None] == local[None, :]
                 s_t = tl.where(onehot_t, coef[None, :], 0.0)
                 if DOT_FP32:
-                    acc = tl.dot(s_t, r.to(tl.float32), acc, input_precision="tf32x3")
+                    acc = tl.dot(s_t, r.to(tl.float32), acc, input_precision="ieee")
                 else:
                     acc = tl.dot(s_t.to(r.dtype), r, acc)
                 if COEF_SUM:
@@ -192,7 +243,7 @@ def _scatter_rows_kernel(
                         coef_sum += tl.sum(s_t, axis=1)
                 if FUSE_DOT:
                     if DOT_FP32:
-                        part = tl.dot(r.to(tl.float32), table_t.to(tl.float32), input_precision="tf32x3")
+                        part = tl.dot(r.to(tl.float32), table_t.to(tl.float32), input_precision="ieee")
                     else:
                         part = tl.dot(r, table_t.to(r.dtype))
                     dots = tl.sum(tl.where(lanes[None, :] == local[:, None], part, 0.0), axis=1)
@@ -205,25 +256,36 @@ def _scatter_rows_kernel(
 
 
 # Candidate launch configs, the first of each list being the default (and the one the CPU
-# interpreter runs). Sizes chosen for H200-class GPUs: enough bytes in flight per SM for
-# the gathers, accumulators that stay in registers.
-GATHER_SUM_TINY = Tuner("gather_sum_tiny", [
-    dict(BLOCK_N=1, BLOCK_D=128, UNROLL=8, num_warps=2),
-    dict(BLOCK_N=1, BLOCK_D=256, UNROLL=4, num_warps=4),
-    dict(BLOCK_N=1, BLOCK_D=64, UNROLL=8, num_warps=1),
+# interpreter runs). Sizes chosen for H200-class GPUs (132 SMs, 50 MB L2).
+#
+# The tiles kernel's L2 footprint is about (resident programs x BLOCK_N / N) column blocks
+# of the named rows: 132 x per_sm x BLOCK_N / 4096 x 113k rows x BLOCK_D x 2 B at the goal
+# shape, 15-30 MB for the persistent configs below; its bytes in flight per SM are
+# per_sm x BLOCK_N x BLOCK_D x UNROLL x 2 B (32-128 KB). per_sm=None launches one program
+# per item (no cap: the layout of the first version, kept as a candidate).
+GATHER_TILES_LARGE = Tuner("gather_tiles_large", [
+    dict(BLOCK_N=16, BLOCK_D=64, UNROLL=8, per_sm=4, num_warps=4),
+    dict(BLOCK_N=8, BLOCK_D=128, UNROLL=8, per_sm=4, num_warps=4),
+    dict(BLOCK_N=16, BLOCK_D=64, UNROLL=8, per_sm=2, num_warps=4),
+    dict(BLOCK_N=32, BLOCK_D=64, UNROLL=4, per_sm=2, num_warps=8),
+    dict(BLOCK_N=8, BLOCK_D=256, UNROLL=8, per_sm=2, num_warps=8),
+    dict(BLOCK_N=4, BLOCK_D=128, UNROLL=16, per_sm=8, num_warps=4),
+    dict(BLOCK_N=16, BLOCK_D=64, UNROLL=4, STAGES=3, per_sm=4, num_warps=4),
+    dict(BLOCK_N=16, BLOCK_D=256, UNROLL=4, per_sm=None, num_warps=4),
+    dict(BLOCK_N=16, BLOCK_D=512, UNROLL=2, per_sm=None, num_warps=8),
 ])
-GATHER_SUM_SMALL = Tuner("gather_sum_small", [
-    dict(BLOCK_N=4, BLOCK_D=256, UNROLL=4, num_warps=4),
-    dict(BLOCK_N=8, BLOCK_D=128, UNROLL=4, num_warps=4),
-    dict(BLOCK_N=2, BLOCK_D=512, UNROLL=4, num_warps=4),
+GATHER_TILES_SMALL = Tuner("gather_tiles_small", [
+    dict(BLOCK_N=4, BLOCK_D=128, UNROLL=8, per_sm=None, num_warps=4),
+    dict(BLOCK_N=2, BLOCK_D=256, UNROLL=8, per_sm=None, num_warps=4),
+    dict(BLOCK_N=8, BLOCK_D=64, UNROLL=8, per_sm=None, num_warps=4),
+    dict(BLOCK_N=1, BLOCK_D=128, UNROLL=16, per_sm=None, num_warps=4),
 ])
-GATHER_SUM_LARGE = Tuner("gather_sum_large", [
-    dict(BLOCK_N=16, BLOCK_D=256, UNROLL=4, num_warps=4),
-    dict(BLOCK_N=16, BLOCK_D=512, UNROLL=2, num_warps=8),
-    dict(BLOCK_N=32, BLOCK_D=256, UNROLL=2, num_warps=8),
-    dict(BLOCK_N=8, BLOCK_D=512, UNROLL=4, num_warps=4),
-    dict(BLOCK_N=64, BLOCK_D=128, UNROLL=2, num_warps=8),
-    dict(BLOCK_N=16, BLOCK_D=256, UNROLL=2, STAGES=3, num_warps=4),
+GATHER_SLOTS = Tuner("gather_slots", [
+    dict(BLOCK_K=64, BLOCK_D=64, num_warps=4),
+    dict(BLOCK_K=32, BLOCK_D=128, num_warps=4),
+    dict(BLOCK_K=64, BLOCK_D=32, num_warps=2),
+    dict(BLOCK_K=128, BLOCK_D=32, num_warps=4),
+    dict(BLOCK_K=16, BLOCK_D=128, num_warps=2),
 ])
 GATHER_DOT = Tuner("gather_dot", [
     dict(BLOCK_K=16, BLOCK_D=256, num_warps=4),
@@ -238,11 +300,22 @@ SCATTER_ROWS = Tuner("scatter_rows", [
     dict(BLOCK_L=16, BLOCK_P=128, BLOCK_D=64, num_warps=4, num_stages=3),
 ])
 
+_SLOTS_LAUNCH = DirectLaunch(_gather_slots_kernel)
+_sm_counts: dict[int, int] = {}
 
-def _gather_sum_tuner(n_rows: int) -> Tuner:
-    if n_rows <= 2:
-        return GATHER_SUM_TINY
-    return GATHER_SUM_SMALL if n_rows <= 256 else GATHER_SUM_LARGE
+
+def _programs(device: torch.device, per_sm: int | None, n_items: int) -> int:
+    """Grid size of a persistent launch: per_sm programs per multiprocessor, at most one per item."""
+    if per_sm is None:
+        return max(1, n_items)
+    if interpreting() or device.type != "cuda":
+        sms = 2  # the CPU interpreter: a small grid, so every program walks several items
+    else:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        sms = _sm_counts.get(index)
+        if sms is None:
+            sms = _sm_counts[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return max(1, min(n_items, sms * per_sm))
 
 
 def gather_sum(
@@ -255,38 +328,77 @@ def gather_sum(
 ) -> torch.Tensor:
     """out[n] = sum_j coefs[n, j] * table[indices[n, j]] (+ bias): [N, k] x [M, D] -> [N, D] in out_dtype.
 
-    Any strides; fp32 accumulation; out_dtype defaults to coefs' dtype. `config` (block
-    sizes, num_warps) bypasses the tuner (the benchmark's naive baseline uses it).
+    Any strides; fp32 accumulation; out_dtype defaults to coefs' dtype. `config` (a tiles
+    kernel config) bypasses the tuner and the other routes (the benchmark's naive baseline).
     """
     n_rows, k = coefs.shape
     n_latents, width = table.shape
-    out = torch.empty(n_rows, width, dtype=out_dtype or coefs.dtype, device=coefs.device)
+    out_dtype = out_dtype or coefs.dtype
+    if config is None and k >= dense.DENSE_MIN_K:
+        compaction = dense.choose(indices, n_latents, width, coefs.dtype, table.element_size())
+        if compaction is not None:
+            return dense.gather_sum(coefs, compaction, table, bias, out_dtype)
+    out = torch.empty(n_rows, width, dtype=out_dtype, device=coefs.device)
     if n_rows == 0 or width == 0:
         return out
-    bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
-    tuner = _gather_sum_tuner(n_rows)
+    if n_rows <= FEW_ROWS and config is None:
+        _gather_slots(coefs, indices, table, bias, out)
+    else:
+        _gather_tiles(coefs, indices, table, bias, out, config)
+    return out
 
-    coef_strides, index_strides, table_strides = coefs.stride(), indices.stride(), table.stride()
+
+def _gather_slots(coefs, indices, table, bias, out) -> None:
+    n_rows, k = coefs.shape
+    n_latents, width = table.shape
+    bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
+    args = (coefs, indices, table, bias_arg, out, k, n_latents, width, *coefs.stride(), *indices.stride(),
+            *table.stride(), bias_arg.stride(0), *out.stride())
+    direct = max(args[5:]) < 2**31 and min(args[5:]) >= 0  # ints the compiled code takes as i32
+    dtypes = (coefs.dtype, indices.dtype, table.dtype, bias_arg.dtype, out.dtype, bias is not None, out.device.index)
 
     def launch(config: dict):
         meta, options = launch_args(config)
-        grid = ((n_rows + meta["BLOCK_N"] - 1) // meta["BLOCK_N"], (width + meta["BLOCK_D"] - 1) // meta["BLOCK_D"])
-        _gather_sum_kernel[grid](
-            coefs, indices, table, bias_arg, out,
-            n_rows, k, n_latents, width,
-            *coef_strides, *index_strides, *table_strides, bias_arg.stride(0), width, 1,
+        meta = dict(meta, HAS_BIAS=bias is not None)
+        grid = (n_rows, triton.cdiv(width, meta["BLOCK_D"]))
+        if direct:
+            _SLOTS_LAUNCH(dtypes + (id(config),), grid, args, meta, options, out)
+        else:
+            _gather_slots_kernel[grid](*args, **meta, **options)
+
+    key = (bucket(n_rows), k, width, bucket(n_latents)) + dtypes[:5]
+    launch(GATHER_SLOTS.pick(key, coefs.device, launch, outputs=lambda: (out,)))
+
+
+def _gather_tiles(coefs, indices, table, bias, out, config) -> None:
+    n_rows, k = coefs.shape
+    n_latents, width = table.shape
+    bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
+    tuner = GATHER_TILES_SMALL if n_rows <= 256 else GATHER_TILES_LARGE
+    strides = (*coefs.stride(), *indices.stride(), *table.stride(), bias_arg.stride(0), *out.stride())
+
+    def launch(config: dict):
+        meta, options = launch_args(config)
+        n_row_tiles = triton.cdiv(n_rows, meta["BLOCK_N"])
+        n_items = n_row_tiles * triton.cdiv(width, meta["BLOCK_D"])
+        grid = (_programs(coefs.device, config.get("per_sm"), n_items),)
+        _gather_tiles_kernel[grid](
+            coefs, indices, table, bias_arg, out, n_rows, k, n_latents, width, n_row_tiles, n_items, *strides,
             HAS_BIAS=bias is not None, **meta, **options,
         )
 
-    key = (bucket(n_rows), k, width, coefs.dtype, table.dtype)
-    launch(config or tuner.pick(key, coefs.device, launch))
-    return out
+    key = (bucket(n_rows), k, width, bucket(n_latents), coefs.dtype, table.dtype, out.dtype, bias is not None)
+    launch(config or tuner.pick(key, coefs.device, launch, outputs=lambda: (out,)))
 
 
 def gather_dot(rows: torch.Tensor, indices: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """out[n, j] = <rows[n], table[indices[n, j]]>: [N, D], [N, k], [M, D] -> [N, k] fp32."""
     n_rows, k = indices.shape
     n_latents, width = table.shape
+    if k >= dense.DENSE_MIN_K:
+        compaction = dense.choose(indices, n_latents, width, rows.dtype, table.element_size())
+        if compaction is not None:
+            return dense.gather_dot(rows, compaction, table)
     out = torch.zeros(n_rows, k, dtype=torch.float32, device=rows.device)
     if n_rows == 0 or k == 0:
         return out
@@ -302,7 +414,7 @@ def gather_dot(rows: torch.Tensor, indices: torch.Tensor, table: torch.Tensor) -
         )
 
     key = (bucket(n_rows), k, width, rows.dtype, table.dtype)
-    launch(GATHER_DOT.pick(key, rows.device, launch))
+    launch(GATHER_DOT.pick(key, rows.device, launch, outputs=lambda: (out,)))
     return out
 
 
@@ -329,6 +441,7 @@ def scatter_rows(
     coef_sums: bool = False,
     skip_zero: bool = False,
     out: torch.Tensor | None = None,
+    accumulate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(out [n_out, D], dots [N, k] fp32 or None, coef_sums [n_out] fp32 or None).
 
@@ -336,10 +449,19 @@ def scatter_rows(
     latents nobody names); with `dot_table` [n_out, D] also dots[n, j] = <rows[n], dot_table[indices[n, j]]>;
     with `coef_sums` also sums[l] = sum of the coefficients naming l. `skip_zero` lets pairs
     with a zero coefficient skip their row load (only valid without dot_table). `out` may be
-    given (any strides, e.g. a transposed view) to write into.
+    given (any strides, e.g. a transposed view) to write into; with `accumulate` the rows are
+    added to what `out` holds instead.
     """
     n_rows, k = coefs.shape
     width = rows.shape[1]
+    if k >= dense.DENSE_MIN_K:
+        compaction = dense.choose(indices, n_out, width, coefs.dtype, rows.element_size())
+        if compaction is not None:
+            return dense.scatter_rows(coefs, compaction, rows, n_out, out_dtype, dot_table, coef_sums, out, accumulate)
+    if accumulate and out is not None:
+        part, dots, sums = scatter_rows(coefs, indices, rows, n_out, out_dtype, dot_table, coef_sums, skip_zero)
+        out += part
+        return out, dots, sums
     n_pairs = n_rows * k
     device = coefs.device
     if out is None:
@@ -347,9 +469,9 @@ def scatter_rows(
     sums = torch.zeros(n_out, dtype=torch.float32, device=device) if coef_sums else None
     sorted_keys, perm = sort_pairs(indices, n_out)
     fuse_dot = dot_table is not None
-    # The matrix products run in the precision of the codes and rows: fp32 operands (3xTF32,
-    # near-fp32 accuracy) when either is fp32, else their half dtype, with the weights of
-    # the fused dot rounded to it (as autocast rounds fp32 weights for a bf16 matmul).
+    # The matrix products run in the precision of the codes and rows: fp32 operands (exact
+    # fp32 FMA) when either is fp32, else their half dtype, with the weights of the fused
+    # dot rounded to it (as autocast rounds fp32 weights for a bf16 matmul).
     dot_fp32 = torch.float32 in (coefs.dtype, rows.dtype) or (coefs.dtype != rows.dtype)
     table_arg = dot_table if fuse_dot else rows
     # Pairs naming no valid latent are never visited: their dot stays 0.
@@ -375,8 +497,12 @@ def scatter_rows(
 
     if n_out == 0 or width == 0:
         return out, (torch.zeros(n_rows, k, dtype=torch.float32, device=device) if fuse_dot else None), sums
+
+    def written():
+        return (out,) + ((dots,) if fuse_dot else ()) + ((sums,) if sums is not None else ())
+
     key = (bucket(n_pairs), bucket(n_out), width, coefs.dtype, rows.dtype, out.dtype, fuse_dot)
-    launch(SCATTER_ROWS.pick(key, device, launch))
+    launch(SCATTER_ROWS.pick(key, device, launch, outputs=written))
     return out, (dots[:n_pairs].view(n_rows, k) if fuse_dot else None), sums
 
 

@@ -77,6 +77,31 @@ def encode_forward(
     return vals, idx, aux_vals, aux_idx
 
 
+def slot_gradient_parts(
+    grad_vals: torch.Tensor,
+    grad_aux_vals: torch.Tensor,
+    vals: torch.Tensor,
+    idx: torch.Tensor,
+    aux_vals: torch.Tensor,
+    aux_idx: torch.Tensor,
+    dead_mask: torch.Tensor | None,
+    absolute: bool,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[(g [N, k], idx)] plus (g_aux [N, k_aux], aux_idx) when there are aux slots: the
+    gradient w.r.t. pre at every selected slot, main and aux slots apart.
+
+    The ReLU passes the gradient where the value is positive (TopK); AbsTopK passes it
+    everywhere; aux slots that landed on a live latent (too few dead ones) pass nothing.
+    """
+    g_main = grad_vals if absolute else torch.where(vals > 0, grad_vals, torch.zeros_like(grad_vals))
+    if aux_idx.shape[1] == 0:
+        return [(g_main, idx)]
+    g_aux = grad_aux_vals if absolute else torch.where(aux_vals > 0, grad_aux_vals, torch.zeros_like(grad_aux_vals))
+    if dead_mask is not None:
+        g_aux = torch.where(dead_mask[aux_idx], g_aux, torch.zeros_like(g_aux))
+    return [(g_main, idx), (g_aux, aux_idx)]
+
+
 def slot_gradients(
     grad_vals: torch.Tensor,
     grad_aux_vals: torch.Tensor,
@@ -87,18 +112,11 @@ def slot_gradients(
     dead_mask: torch.Tensor | None,
     absolute: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(g [N, k + k_aux], latent [N, k + k_aux]): the gradient w.r.t. pre at every selected slot.
-
-    The ReLU passes the gradient where the value is positive (TopK); AbsTopK passes it
-    everywhere; aux slots that landed on a live latent (too few dead ones) pass nothing.
-    """
-    g_main = grad_vals if absolute else torch.where(vals > 0, grad_vals, torch.zeros_like(grad_vals))
-    if aux_idx.shape[1] == 0:
-        return g_main, idx
-    g_aux = grad_aux_vals if absolute else torch.where(aux_vals > 0, grad_aux_vals, torch.zeros_like(grad_aux_vals))
-    if dead_mask is not None:
-        g_aux = torch.where(dead_mask[aux_idx], g_aux, torch.zeros_like(g_aux))
-    return torch.cat([g_main, g_aux], dim=1), torch.cat([idx, aux_idx], dim=1)
+    """(g [N, k + k_aux], latent [N, k + k_aux]): `slot_gradient_parts` concatenated."""
+    parts = slot_gradient_parts(grad_vals, grad_aux_vals, vals, idx, aux_vals, aux_idx, dead_mask, absolute)
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([parts[0][0], parts[1][0]], dim=1), torch.cat([parts[0][1], parts[1][1]], dim=1)
 
 
 def encode_backward(

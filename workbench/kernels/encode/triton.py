@@ -1,24 +1,27 @@
-"""Triton path of the TopK encoder: cuBLAS GEMM, a radix-select top-k kernel, sparse backward.
+"""Fast path of the TopK encoder: cuBLAS GEMM, torch.topk selection, sparse Triton backward.
 
 Forward. pre = x @ W_enc + b_enc runs in cuBLAS (nothing beats it for a dense GEMM), in
-x's dtype with fp32 accumulation. Selection is `_topk_rows_kernel`: one program per row,
-an exact radix select on order-preserving integer keys of the values (or of |values|):
- - the key of a float is its bit pattern with the sign handled so that integer order is
-   float order (16-bit keys for bf16/fp16, 32-bit for fp32; masked-out latents get key 0);
- - one pass per 8-bit digit, most significant first, histograms (`tl.histogram`) the digit
-   of the keys that still match the prefix chosen so far and picks the digit holding the
-   k-th largest, so after 2 passes (bf16) or 4 (fp32) the k-th largest key T is known;
- - a last pass writes every key > T and the first (lowest index) keys == T until k slots
-   are filled, positions from a running prefix sum, so slots come out in ascending latent
-   order. That is 3 (bf16) or 5 (fp32) streaming reads of the row; `torch.topk` sorts.
-For few rows (one program per row would leave the GPU idle) it falls back to torch.topk
-through the reference selection, which selects the same set up to ties.
+x's dtype with fp32 accumulation. The selection is `torch.topk` (values and indices), then
+the k indices of each row are sorted so that slots come in ascending latent order. A
+custom radix-select kernel was measured on the H200 at twice torch.topk's time ([4096,
+65536] bf16, k=64: 3.9 ms against 2.0 ms) and was removed: the selection is a single
+streaming read that torch already does well. AuxK's selection among dead latents first
+gathers the dead columns ([N, n_dead], one synchronisation to count them) and runs the
+top-k on that smaller matrix, instead of a second top-k over the whole [N, d_sae] with the
+live latents masked to -inf; with fewer dead latents than k_aux, or more than half of them
+dead, it does the masked top-k.
 
-Backward (see reference.py for the formulas): dx is a gather-sum over the rows of W_enc^T
-(copied to a contiguous [d_sae, d_in], in the slot gradients' dtype when that is bf16/fp16,
-when W_enc is a plain [d_in, d_sae] tensor: gathering strided columns would read a 32-byte
-sector per element); dW_enc and db_enc come from one latent-sorted scatter pass that writes
-latent rows straight into a contiguous [d_in, d_sae] gradient.
+When a gradient will be needed, the GEMM reads the encoder weights as a contiguous
+[d_sae, d_in] "table" in x's dtype (`encoder_table`: a transposed view when W_enc already
+is one, else one transposing cast, `_transpose_cast_kernel`). cuBLAS multiplies by its
+transpose at full speed, and the backward gathers latent rows of the same table for dx, so
+autocast's separate weight cast and the backward's transposed copy become one pass.
+
+Backward (see reference.py for the formulas): dx is a gather-sum over table rows, dW_enc
+and db_enc one latent-sorted scatter pass writing latent rows straight into a contiguous
+[d_in, d_sae] gradient (`decode.triton.gather_sum` / `scatter_rows`). AuxK's slots are
+handled as a second part: with k_aux in the hundreds they go to the dense route of
+`decode/dense.py` (GEMMs over the dead latents named) and are added in.
 """
 
 from __future__ import annotations
@@ -28,133 +31,91 @@ import triton
 import triton.language as tl
 
 from workbench.kernels import _interpreter
+from workbench.kernels.decode import dense
 from workbench.kernels.decode.triton import gather_sum, scatter_rows
 from workbench.kernels.encode import reference
-from workbench.kernels.tuning import Tuner, bucket, launch_args
+from workbench.kernels.tuning import Tuner, launch_args
 
 _interpreter.install()
 
-# Below this many rows the one-program-per-row select leaves most SMs idle: use torch.topk.
-MIN_ROWS_FOR_KERNEL = 128
-
 
 @triton.jit
-def _order_keys(values, ok, dead, KEY_BITS: tl.constexpr, ABSOLUTE: tl.constexpr, HAS_MASK: tl.constexpr):
-    """Unsigned, order-preserving integer keys of float values (0 for invalid or masked-out)."""
-    if KEY_BITS == 16:
-        bits = values.to(tl.int16, bitcast=True).to(tl.int32)  # sign-extended
-        if ABSOLUTE:
-            keys = bits & 0x7FFF
-        else:
-            keys = (bits ^ ((bits >> 15) & 0x7FFF)) + 32768
-    else:
-        bits = values.to(tl.int32, bitcast=True)
-        if ABSOLUTE:
-            keys = (bits & 0x7FFFFFFF).to(tl.int64)
-        else:
-            keys = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) + 2147483648
-    keep = ok
-    if HAS_MASK:
-        keep = keep & dead
-    return tl.where(keep, keys, 0)
-
-
-@triton.jit
-def _topk_rows_kernel(
-    pre_ptr, mask_ptr, vals_ptr, idx_ptr,
-    M, K,
-    stride_pn, stride_pm, stride_vn, stride_vk, stride_in, stride_ik,
-    KEY_BITS: tl.constexpr, ABSOLUTE: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
-    STAGES: tl.constexpr,
+def _transpose_cast_kernel(
+    src_ptr, dst_ptr, R, C, stride_sr, stride_sc,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    row_ptr = pre_ptr + row * stride_pn
-    bins = tl.arange(0, 256)
-    remaining = K  # how many of the slots still to fill lie at or below the prefix so far
-    prefix = row * 0  # the key digits chosen so far (int64)
-    for digit_pass in tl.static_range(KEY_BITS // 8):
-        shift = KEY_BITS - 8 * (digit_pass + 1)
-        hist = tl.zeros((256,), dtype=tl.int32)
-        for m0 in tl.range(0, M, BLOCK, num_stages=STAGES):  # prefetch the next blocks
-            offs = m0 + tl.arange(0, BLOCK)
-            ok = offs < M
-            values = tl.load(row_ptr + offs * stride_pm, mask=ok, other=0.0)
-            dead = ok
-            if HAS_MASK:
-                dead = tl.load(mask_ptr + offs, mask=ok, other=0) != 0
-            keys = _order_keys(values, ok, dead, KEY_BITS, ABSOLUTE, HAS_MASK)
-            match = ok
-            if digit_pass > 0:
-                match = ok & ((keys >> (shift + 8)) == prefix)
-            digits = ((keys >> shift) & 255).to(tl.int32)
-            hist += tl.histogram(digits, 256, mask=match)
-        at_or_above = tl.cumsum(hist, 0, reverse=True)  # matching keys with this digit or a larger one
-        chosen = tl.max(tl.where(at_or_above >= remaining, bins, -1), 0)
-        remaining -= tl.sum(tl.where(bins > chosen, hist, 0), 0)
-        prefix = prefix * 256 + chosen.to(tl.int64)
-    # prefix is now the k-th largest key; `remaining` of the slots go to keys equal to it.
-    taken = row.to(tl.int32) * 0
-    ties_seen = row.to(tl.int32) * 0
-    for m0 in tl.range(0, M, BLOCK, num_stages=STAGES):
-        offs = m0 + tl.arange(0, BLOCK)
-        ok = offs < M
-        values = tl.load(row_ptr + offs * stride_pm, mask=ok, other=0.0)
-        dead = ok
-        if HAS_MASK:
-            dead = tl.load(mask_ptr + offs, mask=ok, other=0) != 0
-        keys = _order_keys(values, ok, dead, KEY_BITS, ABSOLUTE, HAS_MASK)
-        above = ok & (keys > prefix)
-        tie = ok & (keys == prefix)
-        tie_rank = ties_seen + tl.cumsum(tie.to(tl.int32), 0) - 1
-        take = above | (tie & (tie_rank < remaining))
-        slot = taken + tl.cumsum(take.to(tl.int32), 0) - 1
-        out = values
-        if not ABSOLUTE:
-            out = tl.where(out > 0, out, 0.0)  # the ReLU
-        if HAS_MASK:
-            out = tl.where(dead, out, 0.0)  # a live latent filling a slot no dead one could
-        tl.store(vals_ptr + row * stride_vn + slot * stride_vk, out.to(vals_ptr.dtype.element_ty), mask=take)
-        tl.store(idx_ptr + row * stride_in + slot * stride_ik, offs.to(tl.int64), mask=take)
-        taken += tl.sum(take.to(tl.int32), 0)
-        ties_seen += tl.sum(tie.to(tl.int32), 0)
+    # src [R, C] (any strides) -> dst [C, R] contiguous, in dst's dtype. The tile is loaded
+    # along src's rows and stored along dst's rows (the compiler swaps the layout through
+    # shared memory), so both sides are coalesced.
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (r[:, None] < R) & (c[None, :] < C)
+    r64 = r.to(tl.int64)
+    c64 = c.to(tl.int64)
+    tile = tl.load(src_ptr + r64[:, None] * stride_sr + c64[None, :] * stride_sc, mask=ok, other=0.0)
+    tl.store(dst_ptr + c64[None, :] * R + r64[:, None], tile.to(dst_ptr.dtype.element_ty), mask=ok)
 
 
-# One program per row streams the row BLOCK elements at a time; its passes are sequential,
-# so bytes in flight per SM come from large blocks or from prefetching STAGES blocks ahead.
-TOPK_ROWS = Tuner("topk_rows", [
-    dict(BLOCK=2048, STAGES=3, num_warps=4),
-    dict(BLOCK=4096, STAGES=3, num_warps=8),
-    dict(BLOCK=8192, STAGES=1, num_warps=16),
-    dict(BLOCK=4096, STAGES=1, num_warps=8),
-    dict(BLOCK=1024, STAGES=4, num_warps=4),
+TRANSPOSE_CAST = Tuner("transpose_cast", [
+    dict(BLOCK_R=64, BLOCK_C=64, num_warps=4),
+    dict(BLOCK_R=32, BLOCK_C=128, num_warps=4),
+    dict(BLOCK_R=128, BLOCK_C=64, num_warps=8),
 ])
+
+
+def transpose_cast(src: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A new contiguous [C, R] tensor in `dtype` holding src.T, for src [R, C] of any strides."""
+    n_r, n_c = src.shape
+    dst = torch.empty(n_c, n_r, dtype=dtype, device=src.device)
+    if dst.numel() == 0:
+        return dst
+
+    def launch(config: dict):
+        meta, options = launch_args(config)
+        grid = (triton.cdiv(n_r, meta["BLOCK_R"]), triton.cdiv(n_c, meta["BLOCK_C"]))
+        _transpose_cast_kernel[grid](src, dst, n_r, n_c, src.stride(0), src.stride(1), **meta, **options)
+
+    key = (n_r, n_c, src.dtype, dtype)
+    launch(TRANSPOSE_CAST.pick(key, src.device, launch, outputs=lambda: (dst,)))
+    return dst
+
+
+def encoder_table(W_enc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The encoder weights as a contiguous [d_sae, d_in] tensor in `dtype` (a view when possible).
+
+    W_enc [d_in, d_sae]; row l of the result is latent l's encoder direction. No gradient
+    flows through it (the op's backward computes dW_enc itself).
+    """
+    table = W_enc.detach().t()
+    if table.dtype == dtype and table.is_contiguous():
+        return table
+    return transpose_cast(W_enc.detach(), dtype)
 
 
 def select_topk(
     pre: torch.Tensor, k: int, absolute: bool, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton twin of reference.select_topk: (vals [N, k] in pre's dtype, idx [N, k] int64 ascending)."""
+    """(vals [N, k] in pre's dtype, idx [N, k] int64 ascending): the reference selection's twin.
+
+    Without a mask this is the reference itself (torch.topk, then the indices sorted).
+    With a mask (AuxK) the masked-in columns are gathered first when that is the smaller
+    job (see the module docstring); the selected set is the same up to ties.
+    """
     n_rows, width = pre.shape
-    if k == 0 or n_rows == 0:
+    if mask is None or k == 0 or n_rows == 0:
         return reference.select_topk(pre, k, absolute, mask)
-    if pre.is_cuda and n_rows < MIN_ROWS_FOR_KERNEL:
+    columns = mask.nonzero().squeeze(1)  # [n_masked_in] ascending (synchronises)
+    n_in = columns.numel()
+    if n_in < k or 2 * n_in > width:
         return reference.select_topk(pre, k, absolute, mask)
-    vals = torch.empty(n_rows, k, dtype=pre.dtype, device=pre.device)
-    idx = torch.empty(n_rows, k, dtype=torch.long, device=pre.device)
-    key_bits = 32 if pre.dtype == torch.float32 else 16
-    mask_arg = mask if mask is not None else pre
-
-    def launch(config: dict):
-        meta, options = launch_args(config)
-        _topk_rows_kernel[(n_rows,)](
-            pre, mask_arg, vals, idx, width, k,
-            pre.stride(0), pre.stride(1), vals.stride(0), vals.stride(1), idx.stride(0), idx.stride(1),
-            KEY_BITS=key_bits, ABSOLUTE=bool(absolute), HAS_MASK=mask is not None, **meta, **options,
-        )
-
-    key = (bucket(n_rows), bucket(width), pre.dtype)
-    launch(TOPK_ROWS.pick(key, pre.device, launch))
-    return vals, idx
+    sub = pre.index_select(1, columns)  # [N, n_masked_in]
+    key = sub.abs() if absolute else sub
+    _, local = key.topk(k, dim=1, sorted=False)
+    local, _ = local.sort(dim=1)  # ascending local ids = ascending latent ids
+    vals = sub.gather(1, local)
+    if not absolute:
+        vals = vals.clamp_min(0)
+    return vals, columns[local]
 
 
 def encode_forward(
@@ -165,9 +126,14 @@ def encode_forward(
     dead_mask: torch.Tensor | None,
     k_aux: int,
     absolute: bool,
+    table: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton twin of reference.encode_forward: (vals, idx, aux_vals, aux_idx)."""
-    pre = torch.addmm(b_enc.to(x.dtype), x, W_enc.to(x.dtype))  # [N, d_sae], fp32 accumulation
+    """Twin of reference.encode_forward: (vals, idx, aux_vals, aux_idx).
+
+    `table` (from `encoder_table(W_enc, x.dtype)`), when given, is what the GEMM reads.
+    """
+    weight = table.t() if table is not None else W_enc.to(x.dtype)
+    pre = torch.addmm(b_enc.to(x.dtype), x, weight)  # [N, d_sae], fp32 accumulation
     vals, idx = select_topk(pre, k, absolute)
     if k_aux > 0 and dead_mask is not None:
         aux_vals, aux_idx = select_topk(pre, k_aux, absolute, mask=dead_mask)
@@ -177,36 +143,53 @@ def encode_forward(
 
 
 def encode_backward(
-    g: torch.Tensor,
-    latents: torch.Tensor,
+    parts: list[tuple[torch.Tensor, torch.Tensor]],
     x: torch.Tensor,
     W_enc: torch.Tensor,
+    table: torch.Tensor | None = None,
     need_x: bool = True,
     need_weight: bool = True,
     need_bias: bool = True,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Triton twin of reference.encode_backward: (dx, dW_enc [d_in, d_sae], db_enc [d_sae] fp32)."""
+    """(dx, dW_enc [d_in, d_sae], db_enc [d_sae] fp32) from the slot gradients.
+
+    `parts` is [(g, latents)] or [(g, latents), (g_aux, aux_latents)] ([N, k] each, from
+    reference.slot_gradient_parts); the result equals reference.encode_backward on the
+    concatenated slots. `table` is the forward's `encoder_table` (built here if None).
+    """
     d_in, d_sae = W_enc.shape
+    if len(parts) == 2 and parts[1][0].shape[1] < dense.DENSE_MIN_K:
+        parts = [(torch.cat([parts[0][0], parts[1][0]], 1), torch.cat([parts[0][1], parts[1][1]], 1))]
     dx = d_weight = d_bias = None
     if need_x:
-        table = W_enc.t()  # [d_sae, d_in]: row l is latent l's encoder direction
-        if table.stride(1) != 1 and 8 * g.numel() > d_sae:
-            # One transposed copy beats a strided gather (a 32-byte sector per element). With
-            # half-precision slot gradients the copy is also cast to their dtype, as autocast
-            # casts the weight of a dense bf16 backward.
-            dtype = g.dtype if g.dtype in (torch.bfloat16, torch.float16) else W_enc.dtype
-            table = torch.empty(d_sae, d_in, dtype=dtype, device=W_enc.device).copy_(table)
-        dx = gather_sum(g, latents, table, out_dtype=x.dtype)
+        if table is None:
+            # One transposed copy beats a strided gather (a 32-byte sector per element).
+            # Half-precision slot gradients get a table in their dtype, as autocast casts
+            # the weight of a dense bf16 backward.
+            g_dtype = parts[0][0].dtype
+            table = encoder_table(W_enc, g_dtype if g_dtype in (torch.bfloat16, torch.float16) else W_enc.dtype)
+        if len(parts) == 1:
+            dx = gather_sum(parts[0][0], parts[0][1], table, out_dtype=x.dtype)
+        else:
+            dx = sum(gather_sum(g, latents, table, out_dtype=torch.float32) for g, latents in parts).to(x.dtype)
     if need_weight:
         # Always a contiguous [d_in, d_sae] (the SAELens layout of W_enc, so autograd
         # accumulates it without a copy); the kernel writes latent rows through its
         # transposed view. (Output strides may not follow the input's: under torch.compile
         # the traced and the real W_enc can differ in layout.)
-        d_weight = torch.empty(d_in, d_sae, dtype=W_enc.dtype, device=W_enc.device)
-        _, _, d_bias = scatter_rows(
-            g, latents, x, d_sae, W_enc.dtype, coef_sums=need_bias, skip_zero=True, out=d_weight.t()
-        )
+        # Two parts with half-precision weights: sum them in fp32 and round once.
+        dtype = torch.float32 if len(parts) > 1 and W_enc.dtype != torch.float32 else W_enc.dtype
+        d_weight = torch.empty(d_in, d_sae, dtype=dtype, device=W_enc.device)
+        for number, (g, latents) in enumerate(parts):
+            _, _, sums = scatter_rows(
+                g, latents, x, d_sae, dtype, coef_sums=need_bias, skip_zero=True,
+                out=d_weight.t(), accumulate=number > 0,
+            )
+            if need_bias:
+                d_bias = sums if d_bias is None else d_bias + sums
+        d_weight = d_weight.to(W_enc.dtype)
     elif need_bias:
         d_bias = torch.zeros(d_sae, dtype=torch.float32, device=x.device)
-        d_bias.index_add_(0, latents.reshape(-1).long(), g.reshape(-1).float())
+        for g, latents in parts:
+            d_bias.index_add_(0, latents.reshape(-1).long(), g.reshape(-1).float())
     return dx, d_weight, d_bias

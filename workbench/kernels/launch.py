@@ -1,0 +1,72 @@
+"""Launching a compiled Triton kernel straight through its C launcher (one-token latency).
+
+`kernel[grid](*args)` costs several microseconds of Python per call (argument binding and
+specialisation, cache-key strings, hooks) before the launch itself. For one-token decodes
+that is most of the wall time, so `DirectLaunch` keeps the compiled kernel of each key and
+calls its launcher directly. That is only sound when the compiled code cannot depend on the
+argument values, so the kernel must be declared with every int argument in
+`do_not_specialize` and every pointer in `do_not_specialize_on_alignment`: the code then
+depends only on the argument dtypes, the int widths (callers pass ints below 2**31) and the
+constexprs, which together form the caller's key.
+
+As a guard against a launcher API change, the first direct launch of each key is compared
+with a regular launch into the same output (the same deterministic kernel must give the
+same bits); a mismatch or an exception switches direct launches off for the process,
+with a warning. Under the Triton interpreter launches are always regular.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from workbench.kernels.tuning import interpreting
+
+log = logging.getLogger("workbench.kernels")
+
+
+class DirectLaunch:
+    """Per-key cache of one kernel's compiled form, launched without JITFunction.run."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        """The @triton.jit function (ints not specialised, pointers not specialised on alignment)."""
+        self.enabled = True
+        self._compiled: dict[tuple, tuple[object, tuple]] = {}
+        self._verified: set[tuple] = set()
+
+    def _constexpr_tail(self, n_args: int, meta: dict) -> tuple:
+        # The launcher takes every parameter in order, constexprs included (it ignores them).
+        return tuple(meta.get(param.name, param.default) for param in self.kernel.params[n_args:])
+
+    def __call__(self, key: tuple, grid: tuple, args: tuple, meta: dict, options: dict, out: torch.Tensor) -> None:
+        """Launch kernel[grid](*args, **meta, **options); `out` is the tensor it writes completely."""
+        entry = self._compiled.get(key) if self.enabled else None
+        if entry is None:
+            compiled = self.kernel[grid](*args, **meta, **options)
+            if self.enabled and not interpreting() and hasattr(compiled, "packed_metadata"):
+                self._compiled[key] = (compiled, self._constexpr_tail(len(args), meta))
+            return
+        compiled, tail = entry
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        try:
+            stream = torch._C._cuda_getCurrentRawStream(out.device.index)
+            compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata,
+                         None, None, None, *args, *tail)
+        except Exception as error:  # noqa: BLE001 (any launcher mismatch: back to regular launches)
+            self._disable(f"{type(error).__name__}: {error}")
+            self.kernel[grid](*args, **meta, **options)
+            return
+        if key not in self._verified:
+            direct = out.clone()
+            self.kernel[grid](*args, **meta, **options)
+            if torch.equal(direct.view(torch.uint8), out.view(torch.uint8)):  # bits: NaN-safe
+                self._verified.add(key)
+            else:
+                self._disable("its output differs from a regular launch")
+
+    def _disable(self, why: str) -> None:
+        self.enabled = False
+        self._compiled.clear()
+        log.warning("kernels: direct launches of %s switched off (%s); using regular launches", self.kernel.fn.__name__, why)
