@@ -298,6 +298,13 @@ class SteeringViewModel(param.Parameterized):
                                seed=self.seed, progress=self._report)
         self.last_sweep = result
         self.sweep_rows = result.rows()
-        best = max(result.points, key=lambda p: p.concept if p.kind == "target" else -1)
-        self.sweep_summary = (f"{len(result.points)} points in {result.seconds:.1f} s; highest concept score "
-                              f"{best.concept:.3f} ({best.series} x {best.coef:g}, perplexity {best.perplexity:.1f})")
+        targets = [p for p in result.points if p.kind == "target"]
+        best = max(targets, key=lambda p: p.concept)
+        # a repetitive loop is easy to predict, so low perplexity alone does not mean fluent text
+        fluent = [p for p in targets if p.repetition <= 0.5]
+        best_fluent = max(fluent, key=lambda p: p.concept) if fluent else None
+        self.sweep_summary = (
+            f"{len(result.points)} points in {result.seconds:.1f} s; highest concept score {best.concept:.3f} "
+            f"({best.series} x {best.coef:g}, perplexity {best.perplexity:.1f}, repetition {best.repetition:.2f})"
+            + (f"; without loops (repetition <= 0.5): {best_fluent.concept:.3f} at {best_fluent.series} x "
+               f"{best_fluent.coef:g}" if best_fluent is not None and best_fluent is not best else ""))

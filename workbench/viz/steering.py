@@ -51,11 +51,18 @@ def side_by_side_html(prompt: str, baseline_tokens: Sequence[str], baseline_chan
 
 
 def dose_response_plot(rows: Sequence[dict], *, units: str = "norm", width: int = 430, height: int = 320):
-    """Two panels from sweep rows (DoseResponse.rows()): concept score vs coefficient, and
+    """`dose_response_panels` side by side as one HoloViews Layout (for notebooks)."""
+    left, right = dose_response_panels(rows, units=units, width=width, height=height)
+    return (left + right).opts(shared_axes=False)
+
+
+def dose_response_panels(rows: Sequence[dict], *, units: str = "norm", width: int = 430, height: int = 320):
+    """Two overlays from sweep rows (DoseResponse.rows()): concept score vs coefficient, and
     concept score vs perplexity (fluency), one line per series; controls dashed grey.
 
     Rows: dicts with series, kind ("baseline" | "target" | "control"), coef, concept,
-    perplexity, repetition.
+    perplexity, repetition. (The app shows the two in separate panes: Panel 1.9 fails to
+    restyle a HoloViews Layout inside a stretching pane.)
     """
     import holoviews as hv
 
@@ -89,11 +96,12 @@ def dose_response_plot(rows: Sequence[dict], *, units: str = "norm", width: int 
         title="Concept score vs coefficient", xlabel=f"coefficient ({units} units)",
         ylabel="concept score (probability mass)", width=width, height=height, legend_position="top_left",
         show_grid=True)
-    right = hv.Overlay(by_fluency).opts(
-        title="Concept vs fluency", xlabel="concept score", ylabel="perplexity under the unsteered model",
-        logy=True, width=width, height=height, show_legend=False, show_grid=True)
+    right = hv.Overlay(by_fluency)
     if baselines:
         base = baselines[0]
         right = right * hv.Scatter([(base["concept"], base["perplexity"])], ["concept"], ["perplexity"],
                                    label="baseline").opts(color="black", marker="x", size=12)
-    return (left + right).opts(shared_axes=False)
+    right = right.opts(
+        title="Concept vs fluency", xlabel="concept score", ylabel="perplexity under the unsteered model",
+        logy=True, width=width, height=height, show_legend=False, show_grid=True)
+    return left, right

@@ -52,7 +52,11 @@ def build(context: AppContext) -> pn.viewable.Viewable:
                                  width=300)
     sweep = pn.widgets.Button(name="Run sweep", width=120)
     sweep_status = pn.pane.Markdown("")
-    plot = pn.pane.HoloViews(None, sizing_mode="stretch_width", min_height=340, visible=False)
+    # Visibility is toggled on the row, never on the HoloViews panes: Panel 1.9.4 fails to sync
+    # a HoloViews pane's layout params (its Bokeh stylesheets) once it shows a plot.
+    plot_coef = pn.pane.HoloViews(None, min_height=340)
+    plot_fluency = pn.pane.HoloViews(None, min_height=340)
+    plots = pn.Row(plot_coef, plot_fluency, visible=False)
     actions = [generate, sweep, search, add]
 
     def show_error(message: str) -> None:
@@ -121,9 +125,15 @@ def build(context: AppContext) -> pn.viewable.Viewable:
         sync_inputs()
         vm.sweep_coefs, vm.sweep_words = coefs.value, words.value
         if await run(vm.sweep, "Sweeping"):
-            from workbench.viz.steering import dose_response_plot
+            from workbench.viz.steering import dose_response_panels
 
-            plot.object, plot.visible = dose_response_plot(vm.sweep_rows, units=vm.units), True
+            try:
+                left, right = dose_response_panels(vm.sweep_rows, units=vm.units)
+            except Exception as exc:  # never a stack trace in the page
+                show_error(user_message(exc))
+                return
+            plot_coef.object, plot_fluency.object = left, right
+            plots.visible = True
             sweep_status.object = vm.sweep_summary
 
     def on_sae(event) -> None:
@@ -165,11 +175,12 @@ def build(context: AppContext) -> pn.viewable.Viewable:
         "while it generates, and compare with the unsteered continuation from the same seed. Coefficients are in "
         "units of the site's typical token norm (or raw). Pick features with a high *output score*: they steer best."
     )
-    settings = pn.Row(sae, units, positions, from_position, max_new, seed, sample)
-    finder = pn.Row(query, search, results, add)
+    settings = pn.FlexBox(sae, units, positions, from_position, max_new, seed, sample, sizing_mode="stretch_width")
+    finder = pn.FlexBox(query, search, results, add, sizing_mode="stretch_width")
     sweeper = pn.Column(pn.pane.Markdown("#### Dose-response sweep\nConcept score (probability on the feature's "
                                          "top tokens) against fluency (perplexity under the unsteered model), "
                                          "with a random direction of equal norm as the control."),
-                        pn.Row(coefs, words, sweep), sweep_status, plot, sizing_mode="stretch_width")
+                        pn.Row(coefs, words, sweep), sweep_status, plots,
+                        sizing_mode="stretch_width")
     return pn.Column(intro, prompt, settings, finder, chosen, pn.Row(generate, progress, status), error, compare,
                      pn.layout.Divider(), sweeper, sizing_mode="stretch_width")
