@@ -34,7 +34,6 @@ from triton.compiler import ASTSource  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workbench.atomic import write_json  # noqa: E402
-from workbench.kernels.batch_topk import triton as batch_topk_kernels  # noqa: E402
 from workbench.kernels.decode import triton as decode_kernels  # noqa: E402
 from workbench.kernels.encode import triton as encode_kernels  # noqa: E402
 from workbench.kernels.tuning import force_config  # noqa: E402
@@ -70,9 +69,12 @@ def signature_of(kernel, args: tuple, kwargs: dict):
             signature[param.name], constexprs[param.name] = "constexpr", value
         elif isinstance(value, torch.Tensor):
             signature[param.name] = "*" + _TYPE_NAMES[value.dtype]
-            attrs[(index,)] = [["tt.divisibility", 16]]  # torch allocations are 256-byte aligned
+            if not param.do_not_specialize_on_alignment:
+                attrs[(index,)] = [["tt.divisibility", 16]]  # torch allocations are 256-byte aligned
         elif isinstance(value, bool):
             signature[param.name] = "i1"
+        elif isinstance(value, int) and param.do_not_specialize:
+            signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
         elif isinstance(value, int):
             if value == 1:  # triton specialises ints equal to 1 into constants
                 signature[param.name], constexprs[param.name] = "constexpr", 1
@@ -131,33 +133,29 @@ def scenarios(quick: bool):
             torch.empty(n, k, dtype=torch.long, device=meta), torch.empty(d_sae, d, dtype=wdtype, device=meta),
             True, need_weight)
 
-    def select(n, d_sae, k, dtype, absolute=False, masked=False):
-        return lambda: encode_kernels.select_topk(
-            torch.empty(n, d_sae, dtype=dtype, device=meta), k, absolute,
-            torch.empty(d_sae, dtype=torch.bool, device=meta) if masked else None)
-
     def encode_bwd(n, d_in, d_sae, k, gdtype=bf16, wdtype=f32):
-        return lambda: encode_kernels.encode_backward(
-            torch.empty(n, k, dtype=gdtype, device=meta), torch.empty(n, k, dtype=torch.long, device=meta),
-            torch.empty(n, d_in, dtype=gdtype, device=meta), torch.empty(d_sae, d_in, dtype=wdtype, device=meta).t())
+        def launch():
+            W_enc = torch.empty(d_in, d_sae, dtype=wdtype, device=meta)
+            parts = [(torch.empty(n, k, dtype=gdtype, device=meta), torch.empty(n, k, dtype=torch.long, device=meta))]
+            x = torch.empty(n, d_in, dtype=gdtype, device=meta)
+            return encode_kernels.encode_backward(parts, x, W_enc, encode_kernels.encoder_table(W_enc, gdtype))
+        return launch
+
+    def table(d_in, d_sae, src=f32, dst=bf16):
+        return lambda: encode_kernels.transpose_cast(torch.empty(d_in, d_sae, dtype=src, device=meta), dst)
 
     items = [
-        ("decode fwd N=1", decode_kernels.GATHER_SUM_TINY, decode_fwd(1, 131072, 4096, 64)),
-        ("decode fwd N=64", decode_kernels.GATHER_SUM_SMALL, decode_fwd(64, 131072, 4096, 64)),
-        ("decode fwd N=4096", decode_kernels.GATHER_SUM_LARGE, decode_fwd(4096, 131072, 4096, 64)),
-        ("decode fwd N=4096 W fp32", decode_kernels.GATHER_SUM_LARGE, decode_fwd(4096, 65536, 2304, 64, f32)),
+        ("decode fwd N=1", decode_kernels.GATHER_SLOTS, decode_fwd(1, 131072, 4096, 64)),
+        ("decode fwd N=1 W fp32", decode_kernels.GATHER_SLOTS, decode_fwd(1, 65536, 2304, 64, f32)),
+        ("decode fwd N=64", decode_kernels.GATHER_TILES_SMALL, decode_fwd(64, 131072, 4096, 64)),
+        ("decode fwd N=4096", decode_kernels.GATHER_TILES_LARGE, decode_fwd(4096, 131072, 4096, 64)),
+        ("decode fwd N=4096 W fp32", decode_kernels.GATHER_TILES_LARGE, decode_fwd(4096, 65536, 2304, 64, f32)),
         ("decode bwd N=4096", decode_kernels.SCATTER_ROWS, decode_bwd(4096, 131072, 4096, 64)),
         ("decode bwd W fp32", decode_kernels.SCATTER_ROWS, decode_bwd(4096, 65536, 2304, 64, wdtype=f32)),
         ("decode bwd d_acts only", decode_kernels.GATHER_DOT, decode_bwd(4096, 131072, 4096, 64, need_weight=False)),
-        ("topk select bf16", encode_kernels.TOPK_ROWS, select(4096, 65536, 64, bf16)),
-        ("topk select fp32 abs", encode_kernels.TOPK_ROWS, select(4096, 65536, 64, f32, absolute=True)),
-        ("topk select bf16 masked", encode_kernels.TOPK_ROWS, select(4096, 65536, 512, bf16, masked=True)),
         ("encode bwd (scatter)", decode_kernels.SCATTER_ROWS, encode_bwd(4096, 2304, 65536, 64)),
         ("encode bwd fp32", decode_kernels.SCATTER_ROWS, encode_bwd(4096, 2304, 65536, 64, gdtype=f32)),
-        ("batch topk bf16", batch_topk_kernels.BATCH_TOPK,
-         lambda: batch_topk_kernels.batch_topk_indices(torch.empty(4096, 65536, dtype=bf16, device=meta), 262144)),
-        ("batch topk fp32", batch_topk_kernels.BATCH_TOPK,
-         lambda: batch_topk_kernels.batch_topk_indices(torch.empty(4096, 65536, dtype=f32, device=meta), 262144)),
+        ("encoder table fp32->bf16", encode_kernels.TRANSPOSE_CAST, table(2304, 65536)),
     ]
     for name, tuner, launch in items:
         for config in tuner.candidates[:1] if quick else tuner.candidates:
@@ -169,10 +167,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="first config of each kernel only")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    kernels = [decode_kernels._gather_sum_kernel, decode_kernels._gather_dot_kernel,
-               decode_kernels._scatter_rows_kernel, encode_kernels._topk_rows_kernel,
-               batch_topk_kernels._digit_histogram_kernel, batch_topk_kernels._count_kernel,
-               batch_topk_kernels._write_kernel]
+    kernels = [decode_kernels._gather_tiles_kernel, decode_kernels._gather_slots_kernel,
+               decode_kernels._gather_dot_kernel, decode_kernels._scatter_rows_kernel,
+               encode_kernels._transpose_cast_kernel]
     recorders = {}
     for kernel in kernels:
         recorders[kernel] = kernel.run = Recorder(kernel)

@@ -16,9 +16,12 @@ What it measures, in one process, after checking each op's output before timing 
   implemented on CUDA: recorded as such);
 - one-token decode latency including Python dispatch (a host-timed loop of back-to-back
   calls) besides the event-timed median;
-- the TopK encoder: our radix select against torch.topk; the whole encode (GEMM + select,
-  with and without AuxK) and its backward against dense torch; BatchTopK's selection of
-  the k*N largest of a batch against torch.topk + sort.
+- the TopK encoder: our selection (torch.topk + index sort; AuxK among gathered dead
+  columns) against torch.topk and a masked torch.topk; the whole encode (GEMM + select,
+  with and without AuxK) and its backward against dense torch;
+- AuxK's decode (k_aux = 1152 slots over 20% dead latents, fp32 weights, bf16 codes):
+  the dense route over the named latents against the Triton gather/scatter;
+- the launch configs the tuner chose (and any it rejected for disagreeing outputs).
 
 Every time is a median (p10 and p90 kept) of triton.testing.do_bench, which clears the L2
 between repetitions. Every result carries the fraction of its memory-traffic floor
@@ -77,7 +80,7 @@ class Bench:
             },
             "notes": "times in ms (medians, p10/p90); floor_fraction = floor time / measured time",
             "ceilings": {}, "checks": [], "decode_forward": [], "decode_backward": [], "latency_n1": [],
-            "topk_select": [], "encode": [], "goals": {}, "errors": [], "skipped": [],
+            "topk_select": [], "encode": [], "aux_decode": {}, "tuning": {}, "goals": {}, "errors": [], "skipped": [],
         }
         self.copy_bw = 4.3e12  # replaced by the measurement
         self.mm_rate = 790e12
@@ -186,29 +189,32 @@ def ceilings(b: Bench) -> None:
     print(f"   copy {b.copy_bw / 1e12:.2f} TB/s, bf16 matmul {b.mm_rate / 1e12:.0f} TFLOP/s", flush=True)
 
 
-def decode_forward_case(b: Bench, n_rows, k, n_latents, width, methods, tag="sweep"):
+def decode_forward_case(b: Bench, n_rows, k, n_latents, width, methods, tag="sweep", weight_dtype=torch.bfloat16):
     n_rows, k, n_latents, width = b.shape(n_rows, k, n_latents, width)
     from workbench.kernels.decode import triton as decode_kernels
 
     gen = b.generator(n_rows * 7 + k)
-    W = (torch.randn(n_latents, width, device=b.device, generator=gen) / math.sqrt(width)).to(torch.bfloat16)
+    W = (torch.randn(n_latents, width, device=b.device, generator=gen) / math.sqrt(width)).to(weight_dtype)
     acts, idx = b.codes(n_rows, k, n_latents, gen)
-    row = {"tag": tag, "N": n_rows, "k": k, "d_sae": n_latents, "d_in": width, "ms": {}}
+    row = {"tag": tag, "N": n_rows, "k": k, "d_sae": n_latents, "d_in": width, "ms": {},
+           "weights": str(weight_dtype).replace("torch.", "")}
     unique = int(torch.unique(idx).numel())
-    floor_unique = b.floor_ms(unique * width * 2 + n_rows * width * 2 + n_rows * k * 10)
-    floor_noreuse = b.floor_ms(n_rows * k * width * 2 + n_rows * width * 2 + n_rows * k * 10)
+    w_bytes = W.element_size()
+    floor_unique = b.floor_ms(unique * width * w_bytes + n_rows * width * 2 + n_rows * k * 10)
+    floor_noreuse = b.floor_ms(n_rows * k * width * w_bytes + n_rows * width * 2 + n_rows * k * 10)
     row.update(unique_rows=unique, floor_ms=floor_unique, floor_no_reuse_ms=floor_noreuse)
     with torch.no_grad(), use("triton"):
         z = torch.zeros(n_rows, n_latents, device=b.device, dtype=torch.bfloat16).scatter_(1, idx, acts)
-        expected = z @ W
+        W_mm = W.to(torch.bfloat16)  # the dense baseline multiplies in bf16 (autocast casts fp32 weights)
+        expected = z @ W_mm
         ours = sparse_decode(acts, idx, W)
         row["rel_err_vs_dense"] = rel_err(ours, expected)
         if row["rel_err_vs_dense"] > 2e-2:
             raise AssertionError(f"decode output off: rel err {row['rel_err_vs_dense']:.3g} at {row}")
         runs = {
             "ours": lambda: sparse_decode(acts, idx, W),
-            "dense": lambda: z @ W,
-            "embedding_bag": lambda: F.embedding_bag(idx, W, per_sample_weights=acts, mode="sum"),
+            "dense": (lambda: z @ W_mm) if W.dtype == torch.bfloat16 else (lambda: z @ W.to(torch.bfloat16)),
+            "embedding_bag": lambda: F.embedding_bag(idx, W_mm, per_sample_weights=acts, mode="sum"),
             "naive_triton": lambda: decode_kernels.gather_sum(acts, idx, W, config=NAIVE_CONFIG),
         }
         if "ours_unsorted" in methods:
@@ -233,24 +239,26 @@ def decode_forward_case(b: Bench, n_rows, k, n_latents, width, methods, tag="swe
     return row
 
 
-def decode_backward_case(b: Bench, n_rows, k, n_latents, width, methods, tag="sweep"):
+def decode_backward_case(b: Bench, n_rows, k, n_latents, width, methods, tag="sweep", weight_dtype=torch.bfloat16):
     n_rows, k, n_latents, width = b.shape(n_rows, k, n_latents, width)
     gen = b.generator(n_rows * 11 + k)
-    W = (torch.randn(n_latents, width, device=b.device, generator=gen) / math.sqrt(width)).to(torch.bfloat16)
+    W = (torch.randn(n_latents, width, device=b.device, generator=gen) / math.sqrt(width)).to(weight_dtype)
     acts, idx = b.codes(n_rows, k, n_latents, gen)
     grad_y = torch.randn(n_rows, width, device=b.device, generator=gen).to(torch.bfloat16)
-    row = {"tag": tag, "N": n_rows, "k": k, "d_sae": n_latents, "d_in": width, "ms": {}, "errors": {}}
+    row = {"tag": tag, "N": n_rows, "k": k, "d_sae": n_latents, "d_in": width, "ms": {}, "errors": {},
+           "weights": str(weight_dtype).replace("torch.", "")}
     unique = int(torch.unique(idx).numel())
+    w_bytes = W.element_size()
     # Read each named W row once, write all of d W_dec, read grad_y, write d acts.
-    row["floor_ms"] = b.floor_ms(unique * width * 2 + n_latents * width * 2 + n_rows * width * 2 + n_rows * k * 12)
+    row["floor_ms"] = b.floor_ms(unique * width * w_bytes + n_latents * width * w_bytes + n_rows * width * 2 + n_rows * k * 12)
     with use("triton"):
         a_leaf = acts.clone().requires_grad_()
         W_leaf = W.clone().requires_grad_()
         y = sparse_decode(a_leaf, idx, W_leaf)
         ours = lambda: torch.autograd.grad(y, (a_leaf, W_leaf), grad_y, retain_graph=True)  # noqa: E731
         d_acts, d_W = ours()
-        # Check against the dense formulas before timing.
-        want_acts = (grad_y.float() @ W.float().t()).gather(1, idx)
+        # Check against the dense formulas before timing (d acts: weights as the kernel rounds them).
+        want_acts = (grad_y.float() @ W.to(torch.bfloat16).float().t()).gather(1, idx)
         row["rel_err_d_acts"] = rel_err(d_acts, want_acts)
         sample = torch.unique(idx)[: min(4096, unique)]
         z32 = torch.zeros(n_rows, n_latents, device=b.device).scatter_(1, idx, acts.float())
@@ -263,13 +271,13 @@ def decode_backward_case(b: Bench, n_rows, k, n_latents, width, methods, tag="sw
         if "dense" in methods:
             z = torch.zeros(n_rows, n_latents, device=b.device, dtype=torch.bfloat16).scatter_(1, idx, acts).requires_grad_()
             W_dense = W.clone().requires_grad_()
-            y_dense = z @ W_dense
+            y_dense = z @ W_dense.to(torch.bfloat16)  # autocast's layout for fp32 weights
             runs["dense"] = lambda: torch.autograd.grad(y_dense, (z, W_dense), grad_y, retain_graph=True)
-        if "torch_gather" in methods and n_rows * k * width * 2 <= 2.5e9:
+        if "torch_gather" in methods and n_rows * k * width * 2 <= 2.5e9 and W.dtype == torch.bfloat16:
             a2, W2 = acts.clone().requires_grad_(), W.clone().requires_grad_()
             y_gather = (a2.unsqueeze(2) * W2[idx]).sum(1)
             runs["torch_gather"] = lambda: torch.autograd.grad(y_gather, (a2, W2), grad_y, retain_graph=True)
-        if "embedding_bag" in methods:
+        if "embedding_bag" in methods and W.dtype == torch.bfloat16:
             a3, W3 = acts.clone().requires_grad_(), W.clone().requires_grad_()
             try:
                 y_bag = F.embedding_bag(idx, W3, per_sample_weights=a3, mode="sum")
@@ -317,6 +325,7 @@ def topk_select(b: Bench) -> None:
 
     for n_latents in (65536, 131072):
         n_rows, k, n_latents, _ = b.shape(4096, 64, n_latents, 1)
+        k_aux = min(1152, n_latents // 8)
         gen = b.generator(n_latents)
         pre = torch.randn(n_rows, n_latents, device=b.device, generator=gen).to(torch.bfloat16)
         dead = torch.rand(n_latents, device=b.device, generator=gen) < 0.2
@@ -325,48 +334,101 @@ def topk_select(b: Bench) -> None:
             want = pre.topk(k, dim=1).values.sort(dim=1).values
             if not torch.equal(vals.sort(dim=1).values, want.clamp_min(0)):
                 raise AssertionError("top-k values differ from torch.topk")
-            row = {"N": n_rows, "d_sae": n_latents, "k": k, "ms": {
+            aux_vals, _ = encode_kernels.select_topk(pre, k_aux, False, mask=dead)
+            want_aux = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=1).values.clamp_min(0)
+            if not torch.equal(aux_vals.sort(dim=1).values, want_aux.sort(dim=1).values):
+                raise AssertionError("aux top-k values differ from a masked torch.topk")
+            row = {"N": n_rows, "d_sae": n_latents, "k": k, "k_aux": k_aux, "dead_fraction": 0.2, "ms": {
                 "ours": b.time_ms(lambda: encode_kernels.select_topk(pre, k, absolute=False)),
                 "torch_topk": b.time_ms(lambda: pre.topk(k, dim=1, sorted=False)),
-                "ours_aux_1152_dead_20pct": b.time_ms(lambda: encode_kernels.select_topk(pre, min(1152, n_latents // 4), False, mask=dead)),
-                "torch_topk_aux": b.time_ms(lambda: pre.masked_fill(~dead, float("-inf")).topk(min(1152, n_latents // 4), dim=1, sorted=False)),
+                "ours_aux": b.time_ms(lambda: encode_kernels.select_topk(pre, k_aux, False, mask=dead)),
+                "torch_masked_topk_aux": b.time_ms(
+                    lambda: pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=1, sorted=False)),
             }}
         row["floor_ms"] = b.floor_ms(pre.numel() * 2 + n_rows * k * 10)
         row["x_torch"] = row["ms"]["torch_topk"]["ms"] / row["ms"]["ours"]["ms"]
+        row["aux_x_torch"] = row["ms"]["torch_masked_topk_aux"]["ms"] / row["ms"]["ours_aux"]["ms"]
         row["floor_fraction"] = row["floor_ms"] / row["ms"]["ours"]["ms"]
-        batch_n = n_rows * k  # BatchTopK: the k*N largest of the whole batch, flat order
-        relu_pre = pre.relu()
-        with use("triton"):
-            from workbench.kernels import batch_topk_indices
-
-            ours_batch = batch_topk_indices(relu_pre, batch_n)
-            if not torch.equal(relu_pre.view(-1)[ours_batch].sort().values,
-                               relu_pre.view(-1).topk(batch_n).values.sort().values):
-                raise AssertionError("batch top-k values differ from torch.topk")
-            row["ms"]["ours_batch_topk"] = b.time_ms(lambda: batch_topk_indices(relu_pre, batch_n))
-            row["ms"]["torch_batch_topk_plus_sort"] = b.time_ms(
-                lambda: relu_pre.view(-1).topk(batch_n, sorted=False).indices.sort())
-        del relu_pre
         b.record["topk_select"].append(row)
-        print(f"   batch topk [{n_rows} x {n_latents}] n={batch_n}: ours {row['ms']['ours_batch_topk']['ms']:.4f}  "
-              f"torch topk+sort {row['ms']['torch_batch_topk_plus_sort']['ms']:.4f}", flush=True)
         print(f"   topk [{n_rows}, {n_latents}] k={k}: ours {row['ms']['ours']['ms']:.4f}  torch {row['ms']['torch_topk']['ms']:.4f} "
-              f"x{row['x_torch']:.1f}  floor={row['floor_fraction']:.2f}", flush=True)
+              f"x{row['x_torch']:.2f}  floor={row['floor_fraction']:.2f};  aux k={k_aux}: ours {row['ms']['ours_aux']['ms']:.4f} "
+              f"masked torch {row['ms']['torch_masked_topk_aux']['ms']:.4f} x{row['aux_x_torch']:.2f}", flush=True)
         del pre
+
+
+def aux_decode(b: Bench) -> None:
+    """AuxK's decode in the training step: 1152 slots per token over the dead latents (dense route)."""
+    from workbench.kernels.decode import dense
+    from workbench.kernels.decode import triton as decode_kernels
+
+    n_rows, k, n_latents, width = b.shape(4096, 1152, 65536, 2304)
+    gen = b.generator(11)
+    W = torch.randn(n_latents, width, device=b.device, generator=gen) / math.sqrt(width)  # fp32, as trained
+    dead = torch.nonzero(torch.rand(n_latents, device=b.device, generator=gen) < 0.2).squeeze(1)
+    k = min(k, dead.numel())
+    keys = torch.rand(n_rows, dead.numel(), device=b.device, generator=gen)
+    idx = dead[keys.topk(k, dim=1).indices].sort(dim=1).values
+    del keys
+    acts = (torch.rand(n_rows, k, device=b.device, generator=gen) + 0.1).to(torch.bfloat16)
+    grad_y = torch.randn(n_rows, width, device=b.device, generator=gen).to(torch.bfloat16)
+    row = {"N": n_rows, "k": k, "d_sae": n_latents, "d_in": width, "dead": int(dead.numel()), "ms": {}}
+    with use("triton"):
+        ours = sparse_decode(acts, idx, W)
+        gather = decode_kernels.gather_sum(acts, idx, W, config=decode_kernels.GATHER_TILES_LARGE.candidates[0])
+        row["rel_err_dense_vs_gather"] = rel_err(ours, gather)
+        if row["rel_err_dense_vs_gather"] > 2e-2:
+            raise AssertionError(f"aux decode: dense route off by {row['rel_err_dense_vs_gather']:.3g}")
+        a_leaf, W_leaf = acts.clone().requires_grad_(), W.clone().requires_grad_()
+        y = sparse_decode(a_leaf, idx, W_leaf)
+        row["ms"]["ours_forward"] = b.time_ms(lambda: sparse_decode(acts, idx, W))
+        row["ms"]["gather_forward"] = b.time_ms(
+            lambda: decode_kernels.gather_sum(acts, idx, W, config=decode_kernels.GATHER_TILES_LARGE.candidates[0]))
+        row["ms"]["ours_backward"] = b.time_ms(lambda: torch.autograd.grad(y, (a_leaf, W_leaf), grad_y, retain_graph=True))
+        saved = dense.DENSE_MIN_K
+        dense.DENSE_MIN_K = 1 << 30  # the Triton scatter for comparison
+        try:
+            row["ms"]["scatter_backward"] = b.time_ms(
+                lambda: decode_kernels.decode_backward(grad_y, acts, idx, W, True, True), rep_ms=30)
+        finally:
+            dense.DENSE_MIN_K = saved
+    b.record["aux_decode"] = row
+    print("   aux decode " + "  ".join(f"{m} {v['ms']:.4f}" for m, v in row["ms"].items()), flush=True)
+
+
+def tuning_report(b: Bench) -> None:
+    """The configs each tuner chose per shape key, and any it rejected (outputs disagreeing)."""
+    from workbench.kernels.decode import triton as decode_kernels
+    from workbench.kernels.encode import triton as encode_kernels
+
+    tuners = [decode_kernels.GATHER_TILES_LARGE, decode_kernels.GATHER_TILES_SMALL, decode_kernels.GATHER_SLOTS,
+              decode_kernels.GATHER_DOT, decode_kernels.SCATTER_ROWS, encode_kernels.TRANSPOSE_CAST]
+    report = {}
+    for tuner in tuners:
+        report[tuner.name] = {
+            "chosen": [{"key": str(key), "config": config} for key, config in tuner.chosen.items()],
+            "rejected": [{"key": str(key), "configs": configs} for key, configs in tuner.rejected.items()],
+        }
+    report["direct_launch_enabled"] = decode_kernels._SLOTS_LAUNCH.enabled
+    b.record["tuning"] = report
+    rejected = sum(len(r["rejected"]) for r in report.values() if isinstance(r, dict))
+    print(f"   {sum(len(r['chosen']) for r in report.values() if isinstance(r, dict))} tuned keys, {rejected} with "
+          f"rejected configs; direct launch {'on' if report['direct_launch_enabled'] else 'OFF'}", flush=True)
 
 
 def encode_case(b: Bench) -> None:
     n_rows, k, n_latents, d_in = b.shape(ENCODER["n_rows"], ENCODER["k"], ENCODER["n_latents"], ENCODER["d_in"])
     k_aux = min(ENCODER["k_aux"], n_latents // 8)
     gen = b.generator(9)
+    # The training layout: bf16 activations (autocast), fp32 weights; torch's side pays the
+    # weight cast as autocast would.
     x = torch.randn(n_rows, d_in, device=b.device, generator=gen).to(torch.bfloat16)
-    W_enc = (torch.randn(d_in, n_latents, device=b.device, generator=gen) / math.sqrt(d_in)).to(torch.bfloat16)
-    b_enc = torch.zeros(n_latents, device=b.device, dtype=torch.bfloat16)
+    W_enc = torch.randn(d_in, n_latents, device=b.device, generator=gen) / math.sqrt(d_in)
+    b_enc = torch.zeros(n_latents, device=b.device)
     dead = torch.rand(n_latents, device=b.device, generator=gen) < 0.2
-    row = {"N": n_rows, "d_in": d_in, "d_sae": n_latents, "k": k, "k_aux": k_aux, "ms": {}}
+    row = {"N": n_rows, "d_in": d_in, "d_sae": n_latents, "k": k, "k_aux": k_aux, "ms": {}, "weights": "float32"}
 
     def torch_forward(aux: bool):
-        pre = torch.addmm(b_enc, x, W_enc)
+        pre = torch.addmm(b_enc.to(x.dtype), x, W_enc.to(x.dtype))
         vals, idx = pre.topk(k, dim=1, sorted=False)
         if aux:
             pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=1, sorted=False)
@@ -377,7 +439,7 @@ def encode_case(b: Bench) -> None:
         row["ms"]["torch_forward"] = b.time_ms(lambda: torch_forward(False))
         row["ms"]["ours_forward_auxk"] = b.time_ms(lambda: topk_encode(x, W_enc, b_enc, k, dead_mask=dead, k_aux=k_aux))
         row["ms"]["torch_forward_auxk"] = b.time_ms(lambda: torch_forward(True))
-        row["ms"]["gemm_only"] = b.time_ms(lambda: torch.addmm(b_enc, x, W_enc))
+        row["ms"]["gemm_only"] = b.time_ms(lambda: torch.addmm(b_enc.to(x.dtype), x, W_enc.to(x.dtype)))
     # Backward: ours (dx, dW_enc, db_enc from the selected slots) against dense autograd.
     with use("triton"):
         leaves = [t.clone().requires_grad_() for t in (x, W_enc, b_enc)]
@@ -386,7 +448,7 @@ def encode_case(b: Bench) -> None:
         ours = lambda: torch.autograd.grad(vals, leaves, grad, retain_graph=True)  # noqa: E731
         got = ours()
         dense_leaves = [t.clone().requires_grad_() for t in (x, W_enc, b_enc)]
-        pre = torch.addmm(dense_leaves[2], dense_leaves[0], dense_leaves[1])
+        pre = torch.addmm(dense_leaves[2].to(x.dtype), dense_leaves[0], dense_leaves[1].to(x.dtype))
         dense_vals = pre.gather(1, idx).relu()
         dense = lambda: torch.autograd.grad(dense_vals, dense_leaves, grad, retain_graph=True)  # noqa: E731
         want = dense()
@@ -397,7 +459,7 @@ def encode_case(b: Bench) -> None:
         row["ms"]["dense_backward"] = b.time_ms(dense)
     gemm_flops = 2.0 * n_rows * d_in * n_latents
     row["forward_floor_ms"] = b.floor_ms(0, gemm_flops) + b.floor_ms(n_rows * n_latents * 2 * 2)  # GEMM + write/read pre once
-    row["backward_floor_ms"] = b.floor_ms(n_latents * d_in * 2 * 2 + n_rows * d_in * 4)  # read W_enc^T once, write dW_enc
+    row["backward_floor_ms"] = b.floor_ms(n_latents * d_in * 2 + n_latents * d_in * 4 + n_rows * d_in * 4)  # read the bf16 table once, write the fp32 dW_enc
     row["forward_floor_fraction"] = row["forward_floor_ms"] / row["ms"]["ours_forward"]["ms"]
     row["backward_floor_fraction"] = row["backward_floor_ms"] / row["ms"]["ours_backward"]["ms"]
     b.record["encode"].append(row)
@@ -409,6 +471,9 @@ def goal_shapes(b: Bench) -> None:
     for n_rows in (4096, 1, 16384):
         decode_forward_case(b, n_rows, GOAL["k"], GOAL["n_latents"], GOAL["width"], methods, tag="goal")
     decode_backward_case(b, 4096, GOAL["k"], GOAL["n_latents"], GOAL["width"], ["dense", "torch_gather", "embedding_bag"], tag="goal")
+    # The training step's layout: fp32 weights under bf16 codes (autocast), d_sae 65536, d_in 2304.
+    decode_forward_case(b, 4096, 64, 65536, 2304, ["ours", "dense"], tag="train", weight_dtype=torch.float32)
+    decode_backward_case(b, 4096, 64, 65536, 2304, ["dense"], tag="train", weight_dtype=torch.float32)
 
 
 def sweep(b: Bench) -> None:
@@ -469,7 +534,7 @@ def print_table(b: Bench) -> None:
     print(f"{'op':<8}{'N':>6}{'k':>5}{'d_sae':>8}{'d_in':>6} {'ours ms':>9} {'dense ms':>9} {'x dense':>8} {'floor':>6}  others")
     for kind in ("decode_forward", "decode_backward"):
         for row in r[kind]:
-            if row.get("tag") != "goal" and not b.args.full_table:
+            if row.get("tag") not in ("goal", "train") and not b.args.full_table:
                 continue
             t = row["ms"]
             others = "  ".join(f"{m}={v['ms']:.4f}" for m, v in t.items() if m not in ("ours", "dense"))
@@ -483,7 +548,13 @@ def print_table(b: Bench) -> None:
               f"max {max(xs, default=float('nan')):.1f}; {len(r['decode_backward']) - 1} backward shapes")
     for row in r["topk_select"]:
         print(f"topk [{row['N']}, {row['d_sae']}] k={row['k']}: ours {row['ms']['ours']['ms']:.4f} ms, torch.topk "
-              f"{row['ms']['torch_topk']['ms']:.4f} ms (x{row['x_torch']:.1f}), floor {row['floor_fraction']:.2f}")
+              f"{row['ms']['torch_topk']['ms']:.4f} ms (x{row['x_torch']:.2f}), floor {row['floor_fraction']:.2f}; "
+              f"aux k={row['k_aux']}: ours {row['ms']['ours_aux']['ms']:.4f}, masked torch.topk "
+              f"{row['ms']['torch_masked_topk_aux']['ms']:.4f} (x{row['aux_x_torch']:.2f})")
+    if r.get("aux_decode"):
+        t = r["aux_decode"]["ms"]
+        print(f"aux decode N={r['aux_decode']['N']} k={r['aux_decode']['k']} over {r['aux_decode']['dead']} dead: "
+              + "  ".join(f"{m} {v['ms']:.3f}" for m, v in t.items()))
     for row in r["encode"]:
         t = row["ms"]
         print(f"encode N={row['N']} {row['d_in']}->{row['d_sae']} k={row['k']}: fwd ours {t['ours_forward']['ms']:.3f} / torch "
@@ -516,8 +587,10 @@ def main() -> None:
     b.section("one-token latency", lambda: latency_n1(b))
     b.section("top-k selection", lambda: topk_select(b))
     b.section("encoder", lambda: encode_case(b))
+    b.section("AuxK decode", lambda: aux_decode(b))
     b.section("sweep", lambda: sweep(b))
     b.section("goals", lambda: goals(b))
+    b.section("tuning", lambda: tuning_report(b))
     print_table(b)
 
 

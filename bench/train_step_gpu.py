@@ -12,9 +12,15 @@ first-use checks happen there), timed with CUDA events over `--steps` steps:
 - ours_kernels:      workbench.sae's TopKSAE, the trainer's step, workbench.kernels on Triton;
 - ours_torch_path:   the same step with the kernels off (the SAE's own torch fallbacks);
 - ours_reference_ops: the same step through workbench.kernels' plain-torch reference ops;
-- sparsify:          EleutherAI sparsify's SparseCoder (eai-sparsify, Triton decoder);
+- sparsify:          EleutherAI sparsify's SparseCoder (eai-sparsify, Triton decoder), with
+                     torch.optim.Adam's default (foreach) implementation;
+- sparsify_fused_adam: the same with Adam(fused=True), the optimizer ours uses (so the
+                     ratio of the two shows what comes from the optimizer alone);
 - sparsify_eager:    the same with its embedding_bag decoder;
-plus `*_auxk` rows with 20% of the latents dead (AuxK on) for ours and sparsify.
+plus `*_auxk` rows with 20% of the latents dead (AuxK on) for ours and sparsify. Ours uses
+Adam(fused=True), as workbench.sae's Trainer does. For ours_kernels (with and without
+AuxK) the run also times the forward and forward + backward alone, and records a
+torch.profiler table of the CUDA kernels of a few steps (train-step-profile.txt).
 `bench/train.py --gpu` (the SAE engineer's entry point) calls `run()` here.
 
 The floor is what one step must at least do: the encoder GEMM at the measured bf16 rate,
@@ -88,7 +94,7 @@ def ours_step_factory(shape, device, mode: str, dead_fraction: float):
 
     cfg = SaeConfig(architecture="topk", d_in=shape["d_in"], d_sae=shape["d_sae"], k=shape["k"])
     sae = create_sae(cfg, device=device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=2e-4)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=2e-4, fused=True)  # as workbench.sae's Trainer
     dead = (torch.rand(shape["d_sae"], device=device) < dead_fraction) if dead_fraction else None
     autocast = device.type == "cuda"
     backend = {"kernels": "triton", "torch_path": "reference", "reference_ops": "reference"}[mode]
@@ -117,7 +123,7 @@ def ours_step_factory(shape, device, mode: str, dead_fraction: float):
     return step, {"class": "workbench.sae.TopKSAE", "aux_k": cfg.resolved_aux_k if dead_fraction else 0}
 
 
-def sparsify_step_factory(shape, device, eager: bool, dead_fraction: float):
+def sparsify_step_factory(shape, device, eager: bool, dead_fraction: float, fused_adam: bool = False):
     """A closure running sparsify's training step (as its Trainer does, Adam, fvu loss)."""
     _stub_sparsify_imports()
     from workbench.kernels import _interpreter
@@ -130,7 +136,7 @@ def sparsify_step_factory(shape, device, eager: bool, dead_fraction: float):
     sc.decoder_impl = su.eager_decode if eager else su.decoder_impl
     cfg = SparseCoderConfig(num_latents=shape["d_sae"], k=shape["k"])
     sae = sc.SparseCoder(shape["d_in"], cfg, device=device, dtype=torch.float32)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=2e-4)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=2e-4, fused=fused_adam)
     dead = (torch.rand(shape["d_sae"], device=device) < dead_fraction) if dead_fraction else None
 
     def step(x, phase: str = "step"):
@@ -148,7 +154,26 @@ def sparsify_step_factory(shape, device, eager: bool, dead_fraction: float):
         sae.set_decoder_norm_to_unit_norm()
         return loss
 
-    return step, {"decoder": "eager embedding_bag" if eager else su.decoder_impl.__name__}
+    return step, {"decoder": "eager embedding_bag" if eager else su.decoder_impl.__name__,
+                  "adam": "fused" if fused_adam else "default (foreach)"}
+
+
+def profile_steps(step, label: str, path: Path, steps: int = 3) -> None:
+    """Append the CUDA kernels of a few steps (torch.profiler, top 25 by CUDA time) to `path`."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+        with open(path, "a") as handle:
+            handle.write(f"== {label}: {steps} steps\n{table}\n")
+    except Exception as error:  # noqa: BLE001 (the profile is a bonus: never fail the run for it)
+        with open(path, "a") as handle:
+            handle.write(f"== {label}: profiler failed: {type(error).__name__}: {error}\n")
 
 
 def floor_ms(shape, copy_bw: float, mm_rate: float) -> dict:
@@ -186,7 +211,9 @@ def run(out_dir: str | Path | None = None, *, steps: int = 20, warmup: int = 4, 
     copy_bw, mm_rate = ceilings(device)
     record = {
         "machine": {"device": gpu, "torch": torch.__version__},
-        "shape": shape, "dtype": "fp32 parameters, bf16 autocast", "optimizer": "torch.optim.Adam (default, foreach)",
+        "shape": shape, "dtype": "fp32 parameters, bf16 autocast",
+        "optimizer": "torch.optim.Adam: fused=True for ours (as workbench.sae's Trainer); sparsify as it ships "
+                     "(default, foreach) and, in sparsify_fused_adam, fused=True",
         "ceilings": {"copy_GBps": copy_bw / 1e9, "bf16_matmul_TFLOPs": mm_rate / 1e12},
         "floor_ms": floor_ms(shape, copy_bw, mm_rate), "results": {}, "errors": {},
     }
@@ -195,9 +222,14 @@ def run(out_dir: str | Path | None = None, *, steps: int = 20, warmup: int = 4, 
         "ours_torch_path": lambda dead: ours_step_factory(shape, device, "torch_path", dead),
         "ours_reference_ops": lambda dead: ours_step_factory(shape, device, "reference_ops", dead),
         "sparsify": lambda dead: sparsify_step_factory(shape, device, False, dead),
+        "sparsify_fused_adam": lambda dead: sparsify_step_factory(shape, device, False, dead, fused_adam=True),
         "sparsify_eager": lambda dead: sparsify_step_factory(shape, device, True, dead),
     }
     plan = [(name, 0.0) for name in factories] + [("ours_kernels", 0.2), ("sparsify", 0.2)]
+    profile_path = out_dir / "train-step-profile.txt"
+    if device.type == "cuda":
+        out_dir.mkdir(parents=True, exist_ok=True)
+        profile_path.unlink(missing_ok=True)
     generator = torch.Generator(device=device).manual_seed(0)
     batches = [torch.randn(shape["tokens"], shape["d_in"], device=device, generator=generator) for _ in range(4)]
     timer = Timer(device)
@@ -219,10 +251,14 @@ def run(out_dir: str | Path | None = None, *, steps: int = 20, warmup: int = 4, 
             ms = timer.ms_per_step(step, n_steps)
             record["results"][label] = {"ms_per_step": ms, "tokens_per_s": shape["tokens"] / (ms * 1e-3),
                                         "floor_fraction": record["floor_ms"]["total"] / ms, "steps": n_steps, **info}
-            if label in ("ours_kernels", "sparsify"):  # where the time goes
+            if label in ("ours_kernels", "sparsify", "ours_kernels_auxk"):  # where the time goes
                 for phase in ("forward", "forward_backward"):
                     phase_step = lambda: step_fn(batches[next(counter) % len(batches)], phase)  # noqa: E731
                     record["results"][label][f"{phase}_ms"] = timer.ms_per_step(phase_step, n_steps)
+                result = record["results"][label]
+                result["optimizer_and_upkeep_ms"] = ms - result["forward_backward_ms"]
+            if label in ("ours_kernels", "ours_kernels_auxk", "sparsify") and device.type == "cuda":
+                profile_steps(step, label, profile_path)
             print(f"   {ms:.3f} ms/step  {shape['tokens'] / (ms * 1e-3) / 1e3:.1f}k tokens/s", flush=True)
         except Exception as error:  # noqa: BLE001 (record, keep going)
             record["errors"][label] = f"{type(error).__name__}: {error}\n{traceback.format_exc()[-2000:]}"
@@ -233,8 +269,8 @@ def run(out_dir: str | Path | None = None, *, steps: int = 20, warmup: int = 4, 
                 torch.cuda.empty_cache()
             write_json(path, record)
     results = record["results"]
-    for base in ("sparsify", "sparsify_auxk"):
-        mine = results.get("ours_kernels" + base[len("sparsify"):])
+    for base in ("sparsify", "sparsify_fused_adam", "sparsify_auxk"):
+        mine = results.get("ours_kernels" + ("_auxk" if base.endswith("_auxk") else ""))
         if mine and base in results:
             mine["x_" + base] = results[base]["ms_per_step"] / mine["ms_per_step"]
     write_json(path, record)

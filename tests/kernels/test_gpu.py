@@ -2,9 +2,16 @@
 
 Same comparisons as the CPU interpreter tests (outputs and all gradients against the
 reference, selection validity, opcheck), at the benchmark's shapes: d_sae 131072, d_in
-4096, k 64, N 4096, bf16; the encoder at d_in 2304, d_sae 65536 with AuxK. Before each
-Triton call the CUDA caching allocator is filled with NaN, so an output element a kernel
-forgot to write shows up as non-finite.
+4096, k 64, N 4096, bf16; the encoder at d_in 2304, d_sae 65536 with AuxK; AuxK's decode
+(1152 slots over the dead latents) through the dense route. Before each Triton call the
+CUDA caching allocator is filled with NaN, so an output element a kernel forgot to write
+shows up as non-finite.
+
+`bench/gpu_kernels.sh` runs this file with WORKBENCH_KERNELS_TUNE=0 (first launch config
+of each kernel, quick to compile); `test_tuned_candidates_agree_and_direct_launch` turns
+tuning on for the two decode shapes that matter most, so every candidate config is
+compiled, run and cross-checked on the GPU, and the one-token decode's direct launch is
+verified.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ DECODE = dict(n_rows=4096, k=64, n_latents=131072, width=4096)
 AUTOCAST = dict(n_latents=65536, width=2304, k=64, rows=(1, 7, 64, 4096))
 ENCODE = dict(n_rows=4096, d_in=2304, n_latents=65536, k=64, k_aux=1152)
 BATCH = dict(n_rows=4096, n_latents=65536, k=64)
+AUX = dict(n_rows=4096, n_latents=65536, width=2304, k=1152, dead_fraction=0.2)
 SMALL_ENCODE = dict(d_in=576, n_latents=16384, k=32, rows=(1, 100, 1000))
 POISON_BYTES = 3 << 30
 
@@ -54,11 +62,11 @@ def _indices(n_rows, k, n_latents, kind, generator):
 def _decode_both(acts, idx, W, b, grad_y):
     out = {}
     for backend in ("triton", "reference"):
-        leaves = [t.detach().clone().requires_grad_() for t in (acts, W, b)]
+        leaves = [t.detach().clone().requires_grad_() for t in (acts, W, b) if t is not None]
         if backend == "triton":
             poison_allocator()
         with use(backend):
-            y = sparse_decode(leaves[0], idx, leaves[1], leaves[2])
+            y = sparse_decode(leaves[0], idx, leaves[1], leaves[2] if b is not None else None)
         y.backward(grad_y)
         out[backend] = (y.detach(), *[leaf.grad for leaf in leaves])
         del y, leaves
@@ -182,3 +190,50 @@ def test_batch_topk_real_shape(dtype):
     kth = flat.float().topk(n).values[-1]
     assert bool((flat[idx].float() >= kth).all())
     assert int((flat[idx].float() > kth).sum()) == int((flat.float() > kth).sum())
+
+
+def test_aux_decode_dense_route_real_shape():
+    # AuxK's decode in training: fp32 W_dec, bf16 codes, 1152 slots per token among ~13k dead.
+    from workbench.kernels.decode import dense
+
+    generator = torch.Generator(device=CUDA).manual_seed(6)
+    n_rows, n_latents, width, k = AUX["n_rows"], AUX["n_latents"], AUX["width"], AUX["k"]
+    dead = torch.nonzero(torch.rand(n_latents, device=CUDA, generator=generator) < AUX["dead_fraction"]).squeeze(1)
+    k = min(k, dead.numel())
+    keys = torch.rand(n_rows, dead.numel(), device=CUDA, generator=generator)
+    idx = dead[keys.topk(k, dim=1).indices].sort(dim=1).values
+    del keys
+    acts = torch.rand(n_rows, k, device=CUDA, generator=generator).to(torch.bfloat16)
+    W = torch.randn(n_latents, width, device=CUDA, generator=generator) / 48
+    assert dense.choose(idx, n_latents, width, acts.dtype, W.element_size()) is not None, "expected the dense route here"
+    grad_y = torch.randn(n_rows, width, device=CUDA, generator=generator).to(torch.bfloat16)
+    got, want = _decode_both(acts, idx, W, None, grad_y)
+    # d acts: the dense route rounds the fp32 weights to bf16 for the dots, as the kernels do.
+    want = (want[0], decode_reference.gather_dot(grad_y, idx, W.to(torch.bfloat16)).to(torch.bfloat16), want[2])
+    for g, w, name in zip(got[:3], want, ("y", "d acts", "d W_dec")):
+        assert_close(g, w, f"aux dense route: {name}")
+
+
+def test_tuned_candidates_agree_and_direct_launch(monkeypatch):
+    # Tuning on: every candidate of the goal-shape gather and of the one-token gather is
+    # compiled, run and compared with the first; none may disagree.
+    from workbench.kernels.decode import triton as decode_kernels
+
+    monkeypatch.setenv("WORKBENCH_KERNELS_TUNE", "1")
+    generator = torch.Generator(device=CUDA).manual_seed(7)
+    n_rows, k, n_latents, width = DECODE["n_rows"], DECODE["k"], DECODE["n_latents"], DECODE["width"]
+    W = (torch.randn(n_latents, width, device=CUDA, generator=generator) / 64).to(torch.bfloat16)
+    for rows, tuner in ((n_rows, decode_kernels.GATHER_TILES_LARGE), (1, decode_kernels.GATHER_SLOTS)):
+        tuner.chosen.clear()
+        tuner.rejected.clear()
+        acts = torch.rand(rows, k, device=CUDA, generator=generator).to(torch.bfloat16)
+        idx = _indices(rows, k, n_latents, "sorted", generator)
+        want = decode_reference.decode_forward(acts, idx, W, None)
+        with torch.no_grad(), use("triton"):
+            for _ in range(3):  # first call tunes; later ones use the choice (N=1: the direct launch)
+                got = sparse_decode(acts, idx, W)
+                assert_close(got, want, f"N={rows} tuned")
+        assert not tuner.rejected, f"{tuner.name}: configs disagreeing with the first: {tuner.rejected}"
+        assert tuner.chosen, f"{tuner.name}: nothing was tuned"
+    assert decode_kernels._SLOTS_LAUNCH.enabled, "the direct launch of the one-token kernel was switched off"
+    assert decode_kernels._SLOTS_LAUNCH._verified, "the direct launch never ran"
