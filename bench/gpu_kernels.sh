@@ -37,14 +37,14 @@ cat "$OUT/gpu.txt"
 # Tests: first launch config of each kernel (quick compiles); one test turns tuning on to
 # compile and cross-check every candidate of the decode gathers.
 echo "== GPU tests (pytest -m gpu tests/kernels)"
-WORKBENCH_KERNELS_TUNE=0 timeout 100 python3 -m pytest -x -rA --tb=short -q -p no:cacheprovider -m gpu tests/kernels \
+WORKBENCH_KERNELS_TUNE=0 timeout 120 python3 -m pytest -x -rA --tb=short -q -p no:cacheprovider -m gpu tests/kernels \
   --junitxml="$OUT/kernels-gpu-tests.xml" > "$OUT/kernels-gpu-tests.txt" 2>&1
 echo "pytest exit status $? ($(( $(date +%s) - started )) s)"; tail -n 25 "$OUT/kernels-gpu-tests.txt"
 
 echo "== kernel benchmark"
-timeout 150 python3 bench/kernels.py --out "$OUT" --budget-s 115 --reserve-s 35 > "$OUT/kernels-bench.txt" 2>&1
+timeout 135 python3 bench/kernels.py --out "$OUT" --budget-s 100 --reserve-s 30 > "$OUT/kernels-bench.txt" 2>&1
 echo "bench exit status $? ($(( $(date +%s) - started )) s)"; sed -n '/^=====/,$p' "$OUT/kernels-bench.txt" | tail -n 45
 
 echo "== training-step benchmark"
-timeout 100 python3 bench/train_step_gpu.py --out "$OUT" --steps 15 --warmup 3 > "$OUT/train-step.txt" 2>&1
+timeout 95 python3 bench/train_step_gpu.py --out "$OUT" --steps 15 --warmup 3 > "$OUT/train-step.txt" 2>&1
 echo "train-step exit status $? ($(( $(date +%s) - started )) s)"; tail -n 16 "$OUT/train-step.txt"

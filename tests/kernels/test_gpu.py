@@ -237,3 +237,19 @@ def test_tuned_candidates_agree_and_direct_launch(monkeypatch):
         assert tuner.chosen, f"{tuner.name}: nothing was tuned"
     assert decode_kernels._SLOTS_LAUNCH.enabled, "the direct launch of the one-token kernel was switched off"
     assert decode_kernels._SLOTS_LAUNCH._verified, "the direct launch never ran"
+
+
+def test_selection_matches_a_plain_autocast_topk():
+    # workbench.sae checks the kernel against its own torch version on first use (b_enc = 0
+    # at initialisation) and drops the kernel if any selected latent differs: the fast
+    # path's GEMM must therefore round exactly like `x @ W_enc + b_enc` under autocast.
+    generator = torch.Generator(device=CUDA).manual_seed(8)
+    n_rows, d_in, n_latents, k = (ENCODE[key] for key in ("n_rows", "d_in", "n_latents", "k"))
+    x = torch.randn(n_rows, d_in, device=CUDA, generator=generator)
+    W_enc = torch.randn(d_in, n_latents, device=CUDA, generator=generator) / d_in**0.5
+    b_enc = torch.zeros(n_latents, device=CUDA)
+    with torch.autocast("cuda", dtype=torch.bfloat16), use("triton"):
+        vals, idx, _, _ = topk_encode(x, W_enc, b_enc, k)
+        plain_vals, plain_idx = (x @ W_enc + b_enc).topk(k, dim=1)
+    assert torch.equal(idx, plain_idx.sort(dim=1).values), "selection differs from x @ W_enc + b_enc under autocast"
+    assert torch.equal(vals.float(), plain_vals.relu().gather(1, plain_idx.sort(dim=1).indices).float())

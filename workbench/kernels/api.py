@@ -163,11 +163,7 @@ def topk_encode(
     if backend == "triton":
         if not _needs_grad(x, W_enc, b_enc) and not torch.compiler.is_compiling():
             return _triton_module("encode").encode_forward(x, W_enc, b_enc, k, dead_mask, k_aux, absolute)
-        # The weights as the GEMM and the backward both want them: [d_sae, d_in] in x's dtype.
-        table = W_enc.detach().t()
-        if table.dtype != x.dtype or not table.is_contiguous():
-            table = encode_op.encoder_table_op(W_enc.detach(), x.dtype)
-        return encode_op.topk_encode_op(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute), table)
+        return encode_op.topk_encode_op(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
     return encode_op.ReferenceTopKEncode.apply(x, W_enc, b_enc, k, dead_mask, k_aux, bool(absolute))
 
 

@@ -3,12 +3,7 @@
 - `ReferenceTopKEncode`: a torch.autograd.Function over `reference.py`.
 - `workbench::topk_encode` (+ `workbench::topk_encode_backward`): torch.library custom ops
   over the fast path (cuBLAS GEMM + torch.topk forward; Triton gather and latent-sorted
-  scatter backward), with `register_fake` and `register_autograd`. Their optional `table`
-  input is the encoder weight as a contiguous [d_sae, d_in] tensor in x's dtype
-  (`triton.encoder_table`, made by the caller outside autograd): the forward's GEMM reads
-  it and the backward's dx gathers its rows, so it is built once per step.
-- `workbench::encoder_table`: that transposing cast as an op of its own, so torch.compile
-  treats the Triton kernel behind it as opaque.
+  scatter backward), with `register_fake` and `register_autograd`.
 
 Both save only the selected slots (values and indices), never the [N, d_sae]
 pre-activations, and their backward never builds a dense [N, d_sae] gradient.
@@ -62,16 +57,15 @@ def topk_encode_op(
     dead_mask: Optional[torch.Tensor],
     k_aux: int,
     absolute: bool,
-    table: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fast TopK encode: (vals [N, k], idx [N, k] int64, aux_vals [N, k_aux], aux_idx [N, k_aux] int64)."""
     from workbench.kernels.encode import triton as kernels
 
-    return kernels.encode_forward(x, W_enc, b_enc, k, dead_mask, k_aux, absolute, table)
+    return kernels.encode_forward(x, W_enc, b_enc, k, dead_mask, k_aux, absolute)
 
 
 @topk_encode_op.register_fake
-def _topk_encode_fake(x, W_enc, b_enc, k, dead_mask, k_aux, absolute, table=None):
+def _topk_encode_fake(x, W_enc, b_enc, k, dead_mask, k_aux, absolute):
     n_rows = x.shape[0]
     k_aux = k_aux if dead_mask is not None else 0
     return (
@@ -97,13 +91,12 @@ def topk_encode_backward_op(
     need_x: bool,
     need_weight: bool,
     need_bias: bool,
-    table: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx [N, d_in], dW_enc [d_in, d_sae], db_enc [d_sae] fp32) by the Triton kernels; [0] where not needed."""
     from workbench.kernels.encode import triton as kernels
 
     parts = reference.slot_gradient_parts(grad_vals, grad_aux_vals, vals, idx, aux_vals, aux_idx, dead_mask, absolute)
-    dx, d_weight, d_bias = kernels.encode_backward(parts, x, W_enc, table, need_x, need_weight, need_bias)
+    dx, d_weight, d_bias = kernels.encode_backward(parts, x, W_enc, None, need_x, need_weight, need_bias)
     return (
         dx if dx is not None else x.new_empty((0,)),
         d_weight if d_weight is not None else W_enc.new_empty((0,)),
@@ -113,8 +106,7 @@ def topk_encode_backward_op(
 
 @topk_encode_backward_op.register_fake
 def _topk_encode_backward_fake(
-    grad_vals, grad_aux_vals, x, W_enc, vals, idx, aux_vals, aux_idx, dead_mask, absolute, need_x, need_weight, need_bias,
-    table=None,
+    grad_vals, grad_aux_vals, x, W_enc, vals, idx, aux_vals, aux_idx, dead_mask, absolute, need_x, need_weight, need_bias
 ):
     d_in, d_sae = W_enc.shape
     dx = x.new_empty(x.shape) if need_x else x.new_empty((0,))
@@ -124,40 +116,28 @@ def _topk_encode_backward_fake(
 
 
 def _setup_context(ctx, inputs, output):
-    x, W_enc, b_enc, k, dead_mask, k_aux, absolute, table = inputs
+    x, W_enc, b_enc, k, dead_mask, k_aux, absolute = inputs
     vals, idx, aux_vals, aux_idx = output
-    ctx.save_for_backward(x, W_enc, vals, idx, aux_vals, aux_idx, dead_mask, table)
+    ctx.save_for_backward(x, W_enc, vals, idx, aux_vals, aux_idx, dead_mask)
     ctx.absolute, ctx.bias_dtype = absolute, b_enc.dtype
 
 
 def _backward(ctx, grad_vals, grad_idx, grad_aux_vals, grad_aux_idx):
-    x, W_enc, vals, idx, aux_vals, aux_idx, dead_mask, table = ctx.saved_tensors
+    x, W_enc, vals, idx, aux_vals, aux_idx, dead_mask = ctx.saved_tensors
     need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
     if not (need_x or need_weight or need_bias):
-        return None, None, None, None, None, None, None, None
+        return None, None, None, None, None, None, None
     dx, d_weight, d_bias = torch.ops.workbench.topk_encode_backward(
         _zeros_if_none(grad_vals, vals), _zeros_if_none(grad_aux_vals, aux_vals),
-        x, W_enc, vals, idx, aux_vals, aux_idx, dead_mask, ctx.absolute, need_x, need_weight, need_bias, table,
+        x, W_enc, vals, idx, aux_vals, aux_idx, dead_mask, ctx.absolute, need_x, need_weight, need_bias,
     )
     return (
         dx if need_x else None,
         d_weight if need_weight else None,
         d_bias.to(ctx.bias_dtype) if need_bias else None,
-        None, None, None, None, None,
+        None, None, None, None,
     )
 
 
 topk_encode_op.register_autograd(_backward, setup_context=_setup_context)
 
-
-@torch.library.custom_op("workbench::encoder_table", mutates_args=())
-def encoder_table_op(W_enc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """W_enc [d_in, d_sae] -> a new contiguous [d_sae, d_in] copy in `dtype` (Triton transposing cast)."""
-    from workbench.kernels.encode import triton as kernels
-
-    return kernels.transpose_cast(W_enc, dtype)
-
-
-@encoder_table_op.register_fake
-def _encoder_table_fake(W_enc, dtype):
-    return W_enc.new_empty((W_enc.shape[1], W_enc.shape[0]), dtype=dtype)

@@ -11,13 +11,17 @@ top-k on that smaller matrix, instead of a second top-k over the whole [N, d_sae
 live latents masked to -inf; with fewer dead latents than k_aux, or more than half of them
 dead, it does the masked top-k.
 
-When a gradient will be needed, the GEMM reads the encoder weights as a contiguous
-[d_sae, d_in] "table" in x's dtype (`encoder_table`: a transposed view when W_enc already
-is one, else one transposing cast, `_transpose_cast_kernel`). cuBLAS multiplies by its
-transpose at full speed, and the backward gathers latent rows of the same table for dx, so
-autocast's separate weight cast and the backward's transposed copy become one pass.
+The GEMM is the very call a dense implementation under autocast makes (the weights cast
+to x's dtype, [d_in, d_sae] as stored), so the pre-activations, and the selection near
+ties, agree bit for bit with a plain `x @ W_enc + b_enc` at b_enc = 0: callers that check
+a kernel against their own torch version on first use (workbench.sae does) see the same
+latents. (Multiplying by a transposed [d_sae, d_in] copy instead would save one weight
+cast per step but lets cuBLAS pick another kernel and round differently.)
 
-Backward (see reference.py for the formulas): dx is a gather-sum over table rows, dW_enc
+Backward (see reference.py for the formulas): dx is a gather-sum over the rows of a
+"table", the encoder weights as a contiguous [d_sae, d_in] tensor in the slot gradients'
+dtype (`encoder_table`: a transposed view when W_enc already is one, else one transposing
+cast, `_transpose_cast_kernel`, which reads W_enc once and writes coalesced), dW_enc
 and db_enc one latent-sorted scatter pass writing latent rows straight into a contiguous
 [d_in, d_sae] gradient (`decode.triton.gather_sum` / `scatter_rows`). AuxK's slots are
 handled as a second part: with k_aux in the hundreds they go to the dense route of
@@ -126,14 +130,9 @@ def encode_forward(
     dead_mask: torch.Tensor | None,
     k_aux: int,
     absolute: bool,
-    table: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Twin of reference.encode_forward: (vals, idx, aux_vals, aux_idx).
-
-    `table` (from `encoder_table(W_enc, x.dtype)`), when given, is what the GEMM reads.
-    """
-    weight = table.t() if table is not None else W_enc.to(x.dtype)
-    pre = torch.addmm(b_enc.to(x.dtype), x, weight)  # [N, d_sae], fp32 accumulation
+    """Twin of reference.encode_forward: (vals, idx, aux_vals, aux_idx)."""
+    pre = torch.addmm(b_enc.to(x.dtype), x, W_enc.to(x.dtype))  # [N, d_sae], fp32 accumulation
     vals, idx = select_topk(pre, k, absolute)
     if k_aux > 0 and dead_mask is not None:
         aux_vals, aux_idx = select_topk(pre, k_aux, absolute, mask=dead_mask)
@@ -155,7 +154,7 @@ def encode_backward(
 
     `parts` is [(g, latents)] or [(g, latents), (g_aux, aux_latents)] ([N, k] each, from
     reference.slot_gradient_parts); the result equals reference.encode_backward on the
-    concatenated slots. `table` is the forward's `encoder_table` (built here if None).
+    concatenated slots. `table` is `encoder_table(W_enc, dtype of g)` (built here if None).
     """
     d_in, d_sae = W_enc.shape
     if len(parts) == 2 and parts[1][0].shape[1] < dense.DENSE_MIN_K:
