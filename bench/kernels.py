@@ -80,7 +80,8 @@ class Bench:
             },
             "notes": "times in ms (medians, p10/p90); floor_fraction = floor time / measured time",
             "ceilings": {}, "checks": [], "decode_forward": [], "decode_backward": [], "latency_n1": [],
-            "topk_select": [], "encode": [], "aux_decode": {}, "tuning": {}, "goals": {}, "errors": [], "skipped": [],
+            "topk_select": [], "encode": [], "aux_decode": {}, "l2_gather_ceiling": {}, "tuning": {}, "goals": {},
+            "errors": [], "skipped": [],
         }
         self.copy_bw = 4.3e12  # replaced by the measurement
         self.mm_rate = 790e12
@@ -476,6 +477,29 @@ def goal_shapes(b: Bench) -> None:
     decode_backward_case(b, 4096, 64, 65536, 2304, ["dense"], tag="train", weight_dtype=torch.float32)
 
 
+def l2_gather_ceiling(b: Bench) -> None:
+    """How fast gathered rows can arrive when every row is an L2 hit: a 16 MB table, N=4096, k=64.
+
+    Gathered bytes over time for the goal shape, set against this, say whether the decode
+    is limited by HBM (reuse) or by moving the gathered segments from L2 to the SMs.
+    """
+    n_rows, k, n_latents, width = b.shape(4096, 64, 8192, 1024)
+    gen = b.generator(13)
+    W = (torch.randn(n_latents, width, device=b.device, generator=gen) / math.sqrt(width)).to(torch.bfloat16)
+    acts, idx = b.codes(n_rows, k, n_latents, gen)
+    with torch.no_grad(), use("triton"):
+        t = b.time_ms(lambda: sparse_decode(acts, idx, W))
+    gathered = n_rows * k * width * 2
+    row = {"N": n_rows, "k": k, "d_sae": n_latents, "d_in": width, "table_MB": W.numel() * 2 / 2**20, "ms": t,
+           "gathered_TBps": gathered / (t["ms"] * 1e-3) / 1e12}
+    goal = next((r for r in b.record["decode_forward"] if r.get("tag") == "goal" and r["N"] == 4096), None)
+    if goal:
+        row["goal_shape_gathered_TBps"] = goal["N"] * goal["k"] * goal["d_in"] * 2 / (goal["ms"]["ours"]["ms"] * 1e-3) / 1e12
+    b.record["l2_gather_ceiling"] = row
+    print(f"   L2-resident gather: {t['ms']:.4f} ms = {row['gathered_TBps']:.2f} TB/s of gathered rows"
+          + (f"; goal shape moves {row['goal_shape_gathered_TBps']:.2f} TB/s" if goal else ""), flush=True)
+
+
 def sweep(b: Bench) -> None:
     done = {(r["N"], r["k"], r["d_sae"], r["d_in"]) for r in b.record["decode_forward"]}
     for n_latents in (131072, 16384):
@@ -551,6 +575,10 @@ def print_table(b: Bench) -> None:
               f"{row['ms']['torch_topk']['ms']:.4f} ms (x{row['x_torch']:.2f}), floor {row['floor_fraction']:.2f}; "
               f"aux k={row['k_aux']}: ours {row['ms']['ours_aux']['ms']:.4f}, masked torch.topk "
               f"{row['ms']['torch_masked_topk_aux']['ms']:.4f} (x{row['aux_x_torch']:.2f})")
+    if r.get("l2_gather_ceiling"):
+        c = r["l2_gather_ceiling"]
+        print(f"gathered rows from an L2-resident table: {c['gathered_TBps']:.2f} TB/s"
+              + (f"; the goal shape moved {c['goal_shape_gathered_TBps']:.2f} TB/s" if "goal_shape_gathered_TBps" in c else ""))
     if r.get("aux_decode"):
         t = r["aux_decode"]["ms"]
         print(f"aux decode N={r['aux_decode']['N']} k={r['aux_decode']['k']} over {r['aux_decode']['dead']} dead: "
@@ -588,6 +616,7 @@ def main() -> None:
     b.section("top-k selection", lambda: topk_select(b))
     b.section("encoder", lambda: encode_case(b))
     b.section("AuxK decode", lambda: aux_decode(b))
+    b.section("L2 gather ceiling", lambda: l2_gather_ceiling(b))
     b.section("sweep", lambda: sweep(b))
     b.section("goals", lambda: goals(b))
     b.section("tuning", lambda: tuning_report(b))

@@ -159,7 +159,7 @@ def sparsify_step_factory(shape, device, eager: bool, dead_fraction: float, fuse
 
 
 def profile_steps(step, label: str, path: Path, steps: int = 3) -> None:
-    """Append the CUDA kernels of a few steps (torch.profiler, top 25 by CUDA time) to `path`."""
+    """Append the CUDA kernels of a few steps (torch.profiler, top 25 by their own GPU time) to `path`."""
     try:
         from torch.profiler import ProfilerActivity, profile
 
@@ -168,7 +168,7 @@ def profile_steps(step, label: str, path: Path, steps: int = 3) -> None:
             for _ in range(steps):
                 step()
             torch.cuda.synchronize()
-        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+        table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
         with open(path, "a") as handle:
             handle.write(f"== {label}: {steps} steps\n{table}\n")
     except Exception as error:  # noqa: BLE001 (the profile is a bonus: never fail the run for it)
