@@ -33,11 +33,12 @@ def kernels_tables(record: dict) -> list[str]:
     ]
     for kind, label in (("decode_forward", "decode fwd"), ("decode_backward", "decode bwd")):
         for row in record[kind]:
-            if row.get("tag") != "goal":
+            if row.get("tag") not in ("goal", "train"):
                 continue
+            shown = label + (" (fp32 W, training layout)" if row.get("tag") == "train" else "")
             naive = _ms(row, "naive_triton") if kind == "decode_forward" else _ms(row, "torch_gather")
             lines.append(
-                f"| {label} | {row['N']} | {row['k']} | {row['d_sae']} | {row['d_in']} | {_ms(row, 'ours')} | {_ms(row, 'dense')} | "
+                f"| {shown} | {row['N']} | {row['k']} | {row['d_sae']} | {row['d_in']} | {_ms(row, 'ours')} | {_ms(row, 'dense')} | "
                 f"{_ms(row, 'embedding_bag') if 'embedding_bag' in row['ms'] else row.get('errors', {}).get('embedding_bag', '–')[:40]} | "
                 f"{naive} | {_ms(row, 'ours_unsorted')} | {row['x_dense']:.1f} | {row['floor_fraction']:.2f} |"
             )
@@ -49,14 +50,22 @@ def kernels_tables(record: dict) -> list[str]:
         for row in record["latency_n1"]:
             lines.append(f"| {row['method']} | {row['event_ms']['ms'] * 1e3:.1f} | {row['host_loop_us_per_call']:.1f} |")
     if record.get("topk_select"):
-        lines += ["", "| top-k select | ours | torch.topk | x | AuxK (20% dead) ours / torch | floor fraction |", "|---|---|---|---|---|---|"]
+        lines += ["", "| top-k select | ours | torch.topk | x | AuxK k_aux among 20% dead: ours / masked torch.topk | floor fraction |",
+                  "|---|---|---|---|---|---|"]
         for row in record["topk_select"]:
+            aux_ours = _ms(row, "ours_aux") if "ours_aux" in row["ms"] else _ms(row, "ours_aux_1152_dead_20pct")
+            aux_torch = _ms(row, "torch_masked_topk_aux") if "torch_masked_topk_aux" in row["ms"] else _ms(row, "torch_topk_aux")
             lines.append(f"| [{row['N']}, {row['d_sae']}] k={row['k']} | {_ms(row, 'ours')} | {_ms(row, 'torch_topk')} | "
-                         f"{row['x_torch']:.1f} | {_ms(row, 'ours_aux_1152_dead_20pct')} / {_ms(row, 'torch_topk_aux')} | {row['floor_fraction']:.2f} |")
-        lines += ["", "| BatchTopK selection (k*N of N x d_sae) | ours | torch.topk + sort |", "|---|---|---|"]
-        for row in record["topk_select"]:
-            lines.append(f"| {row['N']} x {row['d_sae']}, n={row['N'] * row['k']} | {_ms(row, 'ours_batch_topk')} | "
-                         f"{_ms(row, 'torch_batch_topk_plus_sort')} |")
+                         f"{row['x_torch']:.2f} | {aux_ours} / {aux_torch} | {row['floor_fraction']:.2f} |")
+    if record.get("aux_decode"):
+        row = record["aux_decode"]
+        lines += ["", f"AuxK decode N={row['N']}, k_aux={row['k']} over {row['dead']} dead of {row['d_sae']}, d_in={row['d_in']}, "
+                  f"fp32 W (ms): forward ours {_ms(row, 'ours_forward')} vs Triton gather {_ms(row, 'gather_forward')}; "
+                  f"backward ours {_ms(row, 'ours_backward')} vs Triton scatter {_ms(row, 'scatter_backward')}."]
+    if record.get("l2_gather_ceiling"):
+        row = record["l2_gather_ceiling"]
+        lines += ["", f"Gathered rows from an L2-resident table ({row['table_MB']:.0f} MB): {row['gathered_TBps']:.2f} TB/s; "
+                  f"the goal shape moved {row.get('goal_shape_gathered_TBps', float('nan')):.2f} TB/s of gathered rows."]
     for row in record.get("encode", []):
         lines += ["", f"Encoder N={row['N']}, {row['d_in']} -> {row['d_sae']}, k={row['k']} (ms): forward ours {_ms(row, 'ours_forward')} "
                   f"vs torch {_ms(row, 'torch_forward')} (GEMM alone {_ms(row, 'gemm_only')}); with AuxK {_ms(row, 'ours_forward_auxk')} vs "
