@@ -223,3 +223,18 @@ def test_two_stage_topk_selects_what_torch_topk_selects(interpreter, generator, 
         assert torch.equal(idx, plain)
     assert_valid_topk(pre, vals, idx, 12, absolute=False)
     assert_valid_topk(tied, tied_vals, tied_idx, 12, absolute=True)
+
+
+def test_one_token_gradient_gathers_the_weight_columns_in_place(interpreter, generator):
+    # 1 row x 3 slots over 200 latents: too few pairs to pay for a transposed copy of
+    # W_enc, so dx gathers its strided columns directly; the result is the same.
+    x, W_enc, b_enc = _encoder(1, 12, 200, torch.float32, generator)
+    grads = {}
+    for backend in ("triton", "reference"):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, W_enc, b_enc)]
+        with use(backend):
+            vals, idx, _, _ = topk_encode(*leaves, 3)
+        vals.sum().backward()
+        grads[backend] = [leaf.grad for leaf in leaves]
+    for got, want, name in zip(grads["triton"], grads["reference"], ("dx", "dW_enc", "db_enc")):
+        assert_close(got, want, name)

@@ -459,9 +459,16 @@ def scatter_rows(
         if compaction is not None:
             return dense.scatter_rows(coefs, compaction, rows, n_out, out_dtype, dot_table, coef_sums, out, accumulate)
     if accumulate and out is not None:
-        part, dots, sums = scatter_rows(coefs, indices, rows, n_out, out_dtype, dot_table, coef_sums, skip_zero)
+        part, dots, sums = _scatter_rows_sorted(coefs, indices, rows, n_out, out_dtype, dot_table, coef_sums, skip_zero, None)
         out += part
         return out, dots, sums
+    return _scatter_rows_sorted(coefs, indices, rows, n_out, out_dtype, dot_table, coef_sums, skip_zero, out)
+
+
+def _scatter_rows_sorted(coefs, indices, rows, n_out, out_dtype, dot_table, coef_sums, skip_zero, out):
+    """scatter_rows by the latent-sorted Triton kernel (see scatter_rows for the contract)."""
+    n_rows, k = coefs.shape
+    width = rows.shape[1]
     n_pairs = n_rows * k
     device = coefs.device
     if out is None:

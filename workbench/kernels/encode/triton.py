@@ -231,7 +231,10 @@ def encode_backward(
         parts = [(torch.cat([parts[0][0], parts[1][0]], 1), torch.cat([parts[0][1], parts[1][1]], 1))]
     dx = d_weight = d_bias = None
     if need_x:
-        if table is None:
+        n_pairs = sum(g.numel() for g, _ in parts)
+        if table is None and 8 * n_pairs <= d_sae:
+            table = W_enc.t()  # a few pairs (one-token gradients): gather the strided columns directly
+        elif table is None:
             # One transposed copy beats a strided gather (a 32-byte sector per element).
             # Half-precision slot gradients get a table in their dtype, as autocast casts
             # the weight of a dense bf16 backward.
