@@ -117,9 +117,9 @@ def _chunked_topk(key: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
     """
     n_rows, width = key.shape
     n_chunks = width // chunk
-    _, local = key.view(n_rows, n_chunks, chunk).topk(k, dim=2, sorted=False)  # [N, C, k]
+    _, local = key.reshape(n_rows, n_chunks, chunk).topk(k, dim=2, sorted=False)  # [N, C, k]
     offsets = torch.arange(0, width, chunk, device=key.device).view(1, n_chunks, 1)
-    candidates, _ = (local + offsets).view(n_rows, n_chunks * k).sort(dim=1)
+    candidates, _ = (local + offsets).reshape(n_rows, n_chunks * k).sort(dim=1)
     _, pick = key.gather(1, candidates).topk(k, dim=1, sorted=False)
     return candidates.gather(1, pick)
 
