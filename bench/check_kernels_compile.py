@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workbench.atomic import write_json  # noqa: E402
 from workbench.kernels.decode import triton as decode_kernels  # noqa: E402
+from workbench.kernels.encode import select as select_kernels  # noqa: E402
 from workbench.kernels.encode import triton as encode_kernels  # noqa: E402
-from workbench.kernels.tuning import force_config  # noqa: E402
+from workbench.kernels.tuning import Tuner, force_config  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
@@ -144,6 +145,16 @@ def scenarios(quick: bool):
     def table(d_in, d_sae, src=f32, dst=bf16):
         return lambda: encode_kernels.transpose_cast(torch.empty(d_in, d_sae, dtype=src, device=meta), dst)
 
+    def collect(n, d_sae, k, dtype):
+        def launch():
+            try:
+                select_kernels._filtered_topk(torch.empty(n, d_sae, dtype=dtype, device=meta), k, 256)
+            except (RuntimeError, NotImplementedError):
+                pass  # its host-side overflow check cannot read meta tensors; the launch is recorded
+        return launch
+
+    one_config = Tuner("collect_candidates", [dict(BLOCK=select_kernels.FILTER_BLOCK, num_warps=4)])
+
     items = [
         ("decode fwd N=1", decode_kernels.GATHER_SLOTS, decode_fwd(1, 131072, 4096, 64)),
         ("decode fwd N=1 W fp32", decode_kernels.GATHER_SLOTS, decode_fwd(1, 65536, 2304, 64, f32)),
@@ -156,6 +167,8 @@ def scenarios(quick: bool):
         ("encode bwd (scatter)", decode_kernels.SCATTER_ROWS, encode_bwd(4096, 2304, 65536, 64)),
         ("encode bwd fp32", decode_kernels.SCATTER_ROWS, encode_bwd(4096, 2304, 65536, 64, gdtype=f32)),
         ("encoder table fp32->bf16", encode_kernels.TRANSPOSE_CAST, table(2304, 65536)),
+        ("top-k filter bf16", one_config, collect(4096, 65536, 64, bf16)),
+        ("top-k filter fp32", one_config, collect(4096, 65536, 64, f32)),
     ]
     for name, tuner, launch in items:
         for config in tuner.candidates[:1] if quick else tuner.candidates:
@@ -169,7 +182,7 @@ def main() -> None:
     args = parser.parse_args()
     kernels = [decode_kernels._gather_tiles_kernel, decode_kernels._gather_slots_kernel,
                decode_kernels._gather_dot_kernel, decode_kernels._scatter_rows_kernel,
-               encode_kernels._transpose_cast_kernel]
+               encode_kernels._transpose_cast_kernel, select_kernels._collect_candidates_kernel]
     recorders = {}
     for kernel in kernels:
         recorders[kernel] = kernel.run = Recorder(kernel)

@@ -412,9 +412,14 @@ def tuning_report(b: Bench) -> None:
             "chosen": [{"key": str(key), "config": config} for key, config in tuner.chosen.items()],
             "rejected": [{"key": str(key), "configs": configs} for key, configs in tuner.rejected.items()],
         }
+    from workbench.kernels.encode import select
+
     report["direct_launch_enabled"] = decode_kernels._SLOTS_LAUNCH.enabled
+    report["topk_routes"] = [{"key": str(key), "route": list(route)} for key, route in select._routes.items()]
     b.record["tuning"] = report
     rejected = sum(len(r["rejected"]) for r in report.values() if isinstance(r, dict))
+    for entry in report["topk_routes"]:
+        print(f"   top-k route {entry['key']}: {entry['route']}", flush=True)
     print(f"   {sum(len(r['chosen']) for r in report.values() if isinstance(r, dict))} tuned keys, {rejected} with "
           f"rejected configs; direct launch {'on' if report['direct_launch_enabled'] else 'OFF'}", flush=True)
 

@@ -202,27 +202,49 @@ def test_whole_sae_step_compiles_fullgraph(interpreter, generator):
         assert_close(got.grad, want.grad, f"d {name}")
 
 
+@pytest.mark.parametrize("route", [("chunked", 32), ("filter", 16)], ids=["chunked", "filter"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_two_stage_topk_selects_what_torch_topk_selects(interpreter, generator, dtype):
-    # Chunks of 32 over rows of 256 (what CUDA may pick at 1024/4096 after timing). Without
-    # ties the latents are exactly plain torch.topk's; with ties any valid top-k is allowed
-    # here (which tied latents torch itself keeps differs between CPU and CUDA; on CUDA
-    # the route is only used after it matched plain torch.topk on real data).
-    pre = torch.randn(6, 256, generator=generator).double().to(dtype).float()
-    distinct = pre.unique(dim=None).numel() == pre.numel()
-    plain = pre.topk(12, dim=1).indices.sort(dim=1).values
-    with force_config("topk_route", {"chunk": 32}):
-        kernels._topk_routes.clear()
-        vals, idx = kernels.select_topk(pre, 12, absolute=False)
-        tied = pre.clone()
-        tied[:, 100:110] = pre.max() + 1
-        tied[0, :] = 0.5
-        tied_vals, tied_idx = kernels.select_topk(tied, 12, absolute=True)
-    kernels._topk_routes.clear()
-    if distinct:
+def test_fast_topk_routes_select_what_torch_topk_selects(interpreter, generator, dtype, route):
+    # The routes CUDA may pick after timing (there with chunks of 1024/4096 or 256/128),
+    # on rows of 256. Without ties the latents are exactly plain torch.topk's; with ties
+    # any valid top-k is allowed here (which tied latents torch keeps differs between CPU
+    # and CUDA; on CUDA a route is only used after matching torch.topk on real data).
+    from workbench.kernels.encode import select
+
+    pre = torch.randn(6, 256, generator=generator).to(dtype)
+    if route[0] == "filter":
+        assert select._filtered_topk(pre, 8, route[1]) is not None, "the filter route fell back on plain data"
+    plain = pre.topk(8, dim=1).indices.sort(dim=1).values
+    tied = pre.clone()
+    tied[:, 100:110] = pre.max() + 1
+    tied[0, :] = 0.5
+    with force_config("topk_route", {"route": route}):
+        select._routes.clear()
+        vals, idx = select.select_topk(pre, 8, absolute=False)
+        tied_vals, tied_idx = select.select_topk(tied, 8, absolute=True)
+    select._routes.clear()
+    if pre.unique().numel() == pre.numel():
         assert torch.equal(idx, plain)
-    assert_valid_topk(pre, vals, idx, 12, absolute=False)
-    assert_valid_topk(tied, tied_vals, tied_idx, 12, absolute=True)
+    assert_valid_topk(pre, vals, idx, 8, absolute=False)
+    assert_valid_topk(tied, tied_vals, tied_idx, 8, absolute=True)
+
+
+def test_filter_route_falls_back_where_its_bound_fails(interpreter, generator):
+    # A row of 2048 equal values overflows the 1024 candidate slots; a NaN row has no
+    # bound: both calls must come back from torch.topk, still exact.
+    from workbench.kernels.encode import select
+
+    pre = torch.randn(3, 2048, generator=generator)
+    pre[1] = 0.25
+    assert select._filtered_topk(pre, 4, 256) is None
+    found = select._filtered_topk(torch.randn(3, 2048, generator=generator), 4, 256)
+    assert found is not None and found.shape == (3, 4)
+    pre[2, 7] = float("nan")
+    with force_config("topk_route", {"route": ("filter", 256)}):
+        select._routes.clear()
+        vals, idx = select.select_topk(pre, 4, absolute=False)
+    select._routes.clear()
+    assert torch.equal(idx, pre.topk(4, dim=1, sorted=False).indices.sort(dim=1).values)  # torch.topk's answer
 
 
 def test_one_token_gradient_gathers_the_weight_columns_in_place(interpreter, generator):

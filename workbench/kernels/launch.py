@@ -12,12 +12,15 @@ constexprs, which together form the caller's key.
 As a guard against a launcher API change, the first direct launch of each key is compared
 with a regular launch into the same output (the same deterministic kernel must give the
 same bits); a mismatch or an exception switches direct launches off for the process,
-with a warning. Under the Triton interpreter launches are always regular.
+with a warning. Under the Triton interpreter launches are always regular, and
+`WORKBENCH_KERNELS_DIRECT=0` in the environment turns direct launches off from the start
+(bench/gpu_kernels.sh sets it when its probe of this feature fails).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -32,7 +35,8 @@ class DirectLaunch:
     def __init__(self, kernel):
         self.kernel = kernel
         """The @triton.jit function (ints not specialised, pointers not specialised on alignment)."""
-        self.enabled = True
+        self.enabled = os.environ.get("WORKBENCH_KERNELS_DIRECT", "1") != "0"
+        """False after a failed check (or with WORKBENCH_KERNELS_DIRECT=0): regular launches only."""
         self._compiled: dict[tuple, tuple[object, tuple]] = {}
         self._verified: set[tuple] = set()
 

@@ -1,19 +1,9 @@
-"""Fast path of the TopK encoder: cuBLAS GEMM, torch.topk selection, sparse Triton backward.
+"""Fast path of the TopK encoder: cuBLAS GEMM, top-k selection (select.py), sparse Triton backward.
 
 Forward. pre = x @ W_enc + b_enc runs in cuBLAS (nothing beats it for a dense GEMM), in
-x's dtype with fp32 accumulation. The selection is torch's top-k, then the k indices of
-each row are sorted so that slots come in ascending latent order. A custom radix-select
-kernel was measured on the H200 at twice torch.topk's time ([4096, 65536] bf16, k=64: 3.9
-ms against 2.0 ms) and was removed. torch.topk over a long row is itself far from the
-one-read floor (0.13 ms), so a two-stage form is also tried (`_chunked_topk`): the top k
-of each chunk of the row (many short rows, which torch handles with one block each), then
-the top k of those candidates, which contain the row's top k. On CUDA the first call per
-shape times both forms, keeps the faster, and uses the chunked one only if it selected
-exactly plain torch.topk's latents on that call (ties included). AuxK's selection among dead latents first
-gathers the dead columns ([N, n_dead], one synchronisation to count them) and runs the
-top-k on that smaller matrix, instead of a second top-k over the whole [N, d_sae] with the
-live latents masked to -inf; with fewer dead latents than k_aux, or more than half of them
-dead, it does the masked top-k.
+x's dtype with fp32 accumulation; `select.py` picks the top k per row (torch.topk or a
+faster exact form chosen by timing on first use) and AuxK's top k_aux among the dead
+latents.
 
 The GEMM is the very call a dense implementation under autocast makes (the weights cast
 to x's dtype, [d_in, d_sae] as stored), so the pre-activations, and the selection near
@@ -34,9 +24,6 @@ handled as a second part: with k_aux in the hundreds they go to the dense route 
 
 from __future__ import annotations
 
-import logging
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -45,14 +32,10 @@ from workbench.kernels import _interpreter
 from workbench.kernels.decode import dense
 from workbench.kernels.decode.triton import gather_sum, scatter_rows
 from workbench.kernels.encode import reference
-from workbench.kernels.tuning import Tuner, bucket, forced_config, interpreting, launch_args
+from workbench.kernels.encode.select import select_topk
+from workbench.kernels.tuning import Tuner, launch_args
 
 _interpreter.install()
-log = logging.getLogger("workbench.kernels")
-
-TOPK_CHUNKS = (1024, 4096)
-"""Chunk lengths the two-stage top-k may use (a chunk must divide the row and hold >= 2k)."""
-_topk_routes: dict[tuple, int] = {}
 
 
 @triton.jit
@@ -106,90 +89,6 @@ def encoder_table(W_enc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if table.dtype == dtype and table.is_contiguous():
         return table
     return transpose_cast(W_enc.detach(), dtype)
-
-
-def _chunked_topk(key: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
-    """Indices [N, k] (any order) of the k largest per row of key [N, M], in two stages.
-
-    The row's top k lie among the top k of its chunks. Candidates are put back in index
-    order before the second top-k, so that among equal values the lowest indices win, as
-    in a plain top-k over the row.
-    """
-    n_rows, width = key.shape
-    n_chunks = width // chunk
-    _, local = key.reshape(n_rows, n_chunks, chunk).topk(k, dim=2, sorted=False)  # [N, C, k]
-    offsets = torch.arange(0, width, chunk, device=key.device).view(1, n_chunks, 1)
-    candidates, _ = (local + offsets).reshape(n_rows, n_chunks * k).sort(dim=1)
-    _, pick = key.gather(1, candidates).topk(k, dim=1, sorted=False)
-    return candidates.gather(1, pick)
-
-
-def _topk_indices(key: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [N, k] (any order) of the k largest entries per row: torch.topk or `_chunked_topk`."""
-    n_rows, width = key.shape
-    route_key = (bucket(n_rows), width, k, key.dtype, key.device.type)
-    chunk = _topk_routes.get(route_key)
-    if chunk is None:
-        chunk = _topk_routes[route_key] = _choose_topk_route(key, k)
-    if chunk:
-        return _chunked_topk(key, k, chunk)
-    return key.topk(k, dim=1, sorted=False).indices
-
-
-def _choose_topk_route(key: torch.Tensor, k: int) -> int:
-    """0 (plain torch.topk) or the chunk length of the faster exact two-stage form (see module doc)."""
-    n_rows, width = key.shape
-    forced = forced_config("topk_route")
-    if forced is not None:
-        return forced["chunk"]
-    chunks = [c for c in TOPK_CHUNKS if width % c == 0 and c >= 2 * k and width // c >= 4]
-    tune = key.is_cuda and not interpreting() and os.environ.get("WORKBENCH_KERNELS_TUNE", "1") != "0"
-    if not chunks or not tune or n_rows < 64:
-        return 0
-    from triton.testing import do_bench
-
-    plain = key.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
-    timings = [(do_bench(lambda: key.topk(k, dim=1, sorted=False), warmup=2, rep=10, return_mode="median"), 0)]
-    for chunk in chunks:
-        if not torch.equal(_chunked_topk(key, k, chunk).sort(dim=1).values, plain):
-            log.warning("kernels: two-stage top-k (chunk %d) selected other latents than torch.topk on %s; not used",
-                        chunk, tuple(key.shape))
-            continue
-        timings.append((do_bench(lambda: _chunked_topk(key, k, chunk), warmup=2, rep=10, return_mode="median"), chunk))
-    best_ms, best = min(timings)
-    log.info("kernels: top-k of %s k=%d -> %s (%.4f ms; torch.topk %.4f ms)", tuple(key.shape), k,
-             f"two-stage, chunk {best}" if best else "torch.topk", best_ms, timings[0][0])
-    return best
-
-
-def select_topk(
-    pre: torch.Tensor, k: int, absolute: bool, mask: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(vals [N, k] in pre's dtype, idx [N, k] int64 ascending): the reference selection's twin.
-
-    Without a mask: torch's top-k (plain or two-stage, see `_topk_indices`), indices sorted.
-    With a mask (AuxK) the masked-in columns are gathered first when that is the smaller
-    job (see the module docstring). The selected set is the reference's up to ties.
-    """
-    n_rows, width = pre.shape
-    if k == 0 or n_rows == 0:
-        return reference.select_topk(pre, k, absolute, mask)
-    if mask is None:
-        idx, _ = _topk_indices(pre.abs() if absolute else pre, k).sort(dim=1)
-        vals = pre.gather(1, idx)
-        return (vals if absolute else vals.clamp_min(0)), idx
-    columns = mask.nonzero().squeeze(1)  # [n_masked_in] ascending (synchronises)
-    n_in = columns.numel()
-    if n_in < k or 2 * n_in > width:
-        return reference.select_topk(pre, k, absolute, mask)
-    sub = pre.index_select(1, columns)  # [N, n_masked_in]
-    key = sub.abs() if absolute else sub
-    _, local = key.topk(k, dim=1, sorted=False)
-    local, _ = local.sort(dim=1)  # ascending local ids = ascending latent ids
-    vals = sub.gather(1, local)
-    if not absolute:
-        vals = vals.clamp_min(0)
-    return vals, columns[local]
 
 
 def encode_forward(
