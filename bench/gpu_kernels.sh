@@ -48,7 +48,7 @@ probe_ok test_direct_launch || { export WORKBENCH_KERNELS_DIRECT=0; echo "direct
 # Tests: first launch config of each kernel (quick compiles); one test turns tuning on to
 # compile and cross-check every candidate of the decode gathers.
 echo "== GPU tests (pytest -m gpu tests/kernels)"
-WORKBENCH_KERNELS_TUNE=0 timeout 105 python3 -m pytest -x -rA --tb=short -q -p no:cacheprovider -m gpu tests/kernels \
+WORKBENCH_KERNELS_TUNE=0 timeout "${GPU_TESTS_S:-105}" python3 -m pytest -x -rA --tb=short -q -p no:cacheprovider -m gpu tests/kernels \
   --ignore=tests/kernels/test_gpu_features.py --junitxml="$OUT/kernels-gpu-tests.xml" > "$OUT/kernels-gpu-tests.txt" 2>&1
 echo "pytest exit status $? ($(( $(date +%s) - started )) s)"; tail -n 25 "$OUT/kernels-gpu-tests.txt"
 

@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tarfile
 import time
@@ -84,6 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ce-tokens", type=int, default=65_536, help="held-out tokens for CE/KL")
     p.add_argument("--eval-batch", type=int, default=64, help="contexts per forward in evaluation")
     p.add_argument("--capture-batch", type=int, default=256, help="contexts per forward in capture")
+    p.add_argument("--kl-finetune-seconds", type=float, default=0.0,
+                   help="after MSE training, fine-tune each SAE spliced into the model on KL + FVU for this many "
+                        "seconds (workbench.sae.finetune; 0: off)")
+    p.add_argument("--kl-lr", type=float, default=1e-4, help="Adam step size of the KL fine-tune")
+    p.add_argument("--kl-batch", type=int, default=32, help="contexts per KL fine-tune step")
+    p.add_argument("--kl-mse-coef", type=float, default=1.0, help="weight of the batch FVU in the KL fine-tune")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny-llama, small sizes")
@@ -97,6 +104,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.eval_tokens, args.ce_tokens, args.eval_batch, args.capture_batch = 2048, 1024, 16, 32
         args.device = args.device or "cpu"
         args.generate_tokens = args.generate_tokens and min(args.generate_tokens, 2048)
+        args.kl_finetune_seconds, args.kl_batch = min(args.kl_finetune_seconds, 10.0), 4
     return args
 
 
@@ -252,6 +260,43 @@ def name_of(cfg, args) -> str:
     return f"{cfg.architecture}-l{layer}-{width}"
 
 
+def kl_finetune_all(result, model, tokens, args, device):
+    """Fine-tune every trained SAE on KL(clean || spliced) + FVU, each for about
+    --kl-finetune-seconds (steps sized from 5 timed steps). The MSE-only SAEs are kept
+    (deep copies) for the before/after evaluation. Returns {name: MSE-only copy}."""
+    import copy
+
+    import torch
+
+    from workbench.sae.finetune import FinetuneConfig, finetune_summary, kl_finetune
+
+    before = {}
+    for name, sae in result.saes.items():
+        before[name] = copy.deepcopy(sae)
+        probe = FinetuneConfig(steps=5, batch_contexts=args.kl_batch, lr=1e-12, mse_coef=args.kl_mse_coef)
+        kl_finetune(copy.deepcopy(sae), model, tokens, probe, progress=False)  # compile and warm up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        kl_finetune(copy.deepcopy(sae), model, tokens, probe, progress=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        step_s = (time.perf_counter() - start) / 5
+        steps = max(20, int((args.kl_finetune_seconds - 3 * 5 * step_s) / step_s))
+        cfg = FinetuneConfig(steps=steps, batch_contexts=args.kl_batch, lr=args.kl_lr, mse_coef=args.kl_mse_coef,
+                             seed=args.seed)
+        start = time.perf_counter()
+        ft = kl_finetune(sae, model, tokens, cfg, progress=False)
+        summary = finetune_summary(ft)
+        summary.update({"lr": args.kl_lr, "batch_contexts": args.kl_batch, "mse_coef": args.kl_mse_coef,
+                        "contexts_seen": steps * args.kl_batch, "seconds": time.perf_counter() - start})
+        sae.metadata.setdefault("training", {})["kl_finetune"] = summary
+        log(f"KL fine-tune {name}: {steps} steps x {args.kl_batch} contexts in {summary['seconds']:.1f} s; "
+            f"KL {summary['kl_first']:.4f} -> {summary['kl_last']:.4f}, batch FVU {summary['fvu_first']:.4f} -> "
+            f"{summary['fvu_last']:.4f}")
+    return before
+
+
 # ---------------------------------------------------------------------- evaluation and packing
 def evaluate_and_save(result, model, held_out, args, saes_dir):
     import torch
@@ -284,6 +329,29 @@ def evaluate_and_save(result, model, held_out, args, saes_dir):
         del shipped
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    return evals
+
+
+def evaluate_before_finetune(saes: dict, model, held_out, args, folder: Path) -> dict:
+    """The MSE-only SAEs, saved in fp16 (not shipped) and evaluated like the shipped ones, for the
+    before/after comparison of the KL fine-tune."""
+    from workbench.sae.evals import evaluate_sae
+    from workbench.sae.io import save_sae
+    from workbench.sae.loading import load_sae
+
+    evals = {}
+    for name, sae in saes.items():
+        save_sae(sae, folder / name, dtype="float16")
+        reloaded = load_sae(folder / name, model)
+        metrics = evaluate_sae(reloaded, model, held_out, args.eval_tokens, context_size=args.context_size,
+                               batch_size=args.eval_batch, ce_tokens=args.ce_tokens)
+        metrics["delta_ce_splicing_position0"] = float("nan")
+        metrics["training"] = sae.metadata.get("training", {})
+        evals[name] = metrics
+        log(f"evaluated {name} before the KL fine-tune: FVU typical {metrics['fvu_typical']:.4f}, "
+            f"dCE {metrics['delta_ce']:+.4f} nats")
+    if folder.exists():
+        shutil.rmtree(folder)  # only the shipped SAEs come back
     return evals
 
 
@@ -363,14 +431,19 @@ def main(argv=None) -> int:
                          site=site) for i, site in enumerate(sites)]
     if args.also_main_arch and args.also_main_arch != args.arch:
         configs.append(SaeConfig(args.also_main_arch, model.d_model, args.d_sae_main, k=args.k, site=sites[0]))
-    seconds = args.budget_seconds - (time.perf_counter() - T0) - args.eval_reserve_seconds
+    finetune_seconds = args.kl_finetune_seconds * 1.2 * len(configs) if args.kl_finetune_seconds > 0 else 0.0
+    seconds = args.budget_seconds - (time.perf_counter() - T0) - args.eval_reserve_seconds - finetune_seconds
     result = train(configs, rows, args, device, max(seconds, 10.0))
     del rows
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
+    before_finetune = {}
+    if args.kl_finetune_seconds > 0:
+        before_finetune = kl_finetune_all(result, model, tokens, args, device)
     saes_dir = out / "saes" / args.model
     evals = evaluate_and_save(result, model, held_out, args, saes_dir)
+    evals_before = evaluate_before_finetune(before_finetune, model, held_out, args, out / "mse_only")
     bars = {"delta_ce": 0.035, "fvu_typical": 0.125, "dead_frac": 0.01}
     main_name = name_of(configs[0], args)
     main_eval = evals[main_name]
@@ -380,6 +453,8 @@ def main(argv=None) -> int:
         "bars": bars,
         "main_passes": passed,
         "evals": {name: {k: v for k, v in m.items() if k != "density_histogram"} for name, m in evals.items()},
+        "evals_before_kl_finetune": {name: {k: v for k, v in m.items() if k not in ("density_histogram", "feature_density")}
+                                     for name, m in evals_before.items()},
         "training_tokens_unique": int(tokens.numel() - tokens.shape[0]),
         "train_seconds": result.seconds,
         "total_seconds": time.perf_counter() - T0,
@@ -392,6 +467,10 @@ def main(argv=None) -> int:
     pieces = pack(out.resolve(), saes_dir.parent.resolve())
     log(f"packed {len(pieces)} pieces: {', '.join(pieces)}; unpack with "
         "`cat shipped_saes.tar.part* > s.tar && tar xf s.tar -C data/`")
+    if evals_before:
+        print("before the KL fine-tune (MSE training only):", flush=True)
+        print(table(evals_before, bars), flush=True)
+        print("shipped (after the KL fine-tune):", flush=True)
     print(table(evals, bars), flush=True)
     print(f"main SAE {main_name}: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in passed.items())
           + f"; total {time.perf_counter() - T0:.0f} s", flush=True)

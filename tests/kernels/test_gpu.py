@@ -135,8 +135,12 @@ def test_topk_encode_real_shape(dtype):
     table = encode_kernels.encoder_table(W_enc, dtype)  # what the forward hands to the backward
     got = encode_kernels.encode_backward(encode_reference.slot_gradient_parts(*args), x, W_enc, table)
     want = encode_reference.encode_backward(*encode_reference.slot_gradients(*args), x, W_enc)
+    # dx sums k + k_aux = 1216 products per element and dW_enc 4096, with cancellation: fp32
+    # summation-order noise then reaches ~1e-4 of an element (the H200 run saw 4e-4 relative on
+    # 450 of 9.4M dx elements near zero), above the 2e-5 that short fp32 sums meet.
+    rtol = 1e-4 if dtype == torch.float32 else None
     for a, b, name in zip(got, want, ("dx", "dW_enc", "db_enc")):
-        assert_close(a, b, f"{dtype}: {name}")
+        assert_close(a, b, f"{dtype}: {name}", rtol=rtol)
 
 
 def test_topk_encode_abs_and_small_batches_end_to_end():
