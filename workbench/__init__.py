@@ -26,6 +26,11 @@ _EXPORTS = {
     "load_corpus": "workbench.corpora",
     "pack_corpus": "workbench.corpora",
     "list_corpora": "workbench.corpora",
+    "load_sae": "workbench.sae.loading",
+    "kl_finetune": "workbench.sae.finetune",
+    "open_store": "workbench.features.store",
+    "FeatureStore": "workbench.features.store",
+    "steer": "workbench.steering",
     "WorkbenchError": "workbench.errors",
 }
 

@@ -88,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kl-finetune-seconds", type=float, default=0.0,
                    help="after MSE training, fine-tune each SAE spliced into the model on KL + FVU for this many "
                         "seconds (workbench.sae.finetune; 0: off)")
+    p.add_argument("--kl-steps", type=int, default=None,
+                   help="KL fine-tune exactly this many steps per SAE (default: sized to --kl-finetune-seconds)")
     p.add_argument("--kl-lr", type=float, default=1e-4, help="Adam step size of the KL fine-tune")
     p.add_argument("--kl-batch", type=int, default=32, help="contexts per KL fine-tune step")
     p.add_argument("--kl-mse-coef", type=float, default=1.0, help="weight of the batch FVU in the KL fine-tune")
@@ -273,16 +275,19 @@ def kl_finetune_all(result, model, tokens, args, device):
     before = {}
     for name, sae in result.saes.items():
         before[name] = copy.deepcopy(sae)
-        probe = FinetuneConfig(steps=5, batch_contexts=args.kl_batch, lr=1e-12, mse_coef=args.kl_mse_coef)
-        kl_finetune(copy.deepcopy(sae), model, tokens, probe, progress=False)  # compile and warm up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        kl_finetune(copy.deepcopy(sae), model, tokens, probe, progress=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        step_s = (time.perf_counter() - start) / 5
-        steps = max(20, int((args.kl_finetune_seconds - 3 * 5 * step_s) / step_s))
+        if args.kl_steps:
+            steps = args.kl_steps
+        else:
+            probe = FinetuneConfig(steps=5, batch_contexts=args.kl_batch, lr=1e-12, mse_coef=args.kl_mse_coef)
+            kl_finetune(copy.deepcopy(sae), model, tokens, probe, progress=False)  # compile and warm up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            kl_finetune(copy.deepcopy(sae), model, tokens, probe, progress=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            step_s = (time.perf_counter() - start) / 5
+            steps = max(20, int((args.kl_finetune_seconds - 3 * 5 * step_s) / step_s))
         cfg = FinetuneConfig(steps=steps, batch_contexts=args.kl_batch, lr=args.kl_lr, mse_coef=args.kl_mse_coef,
                              seed=args.seed)
         start = time.perf_counter()
@@ -439,7 +444,7 @@ def main(argv=None) -> int:
         torch.cuda.empty_cache()
 
     before_finetune = {}
-    if args.kl_finetune_seconds > 0:
+    if args.kl_finetune_seconds > 0 or args.kl_steps:
         before_finetune = kl_finetune_all(result, model, tokens, args, device)
     saes_dir = out / "saes" / args.model
     evals = evaluate_and_save(result, model, held_out, args, saes_dir)
