@@ -183,3 +183,19 @@ def test_decode_dense_route_d_acts_alone_and_bad_indices(interpreter, generator,
     bad[0, 0], bad[3, 2] = -1, 30
     kept = torch.where((bad >= 0) & (bad < 30), acts, 0.0)
     assert_close(kernels.gather_sum(acts, bad, W), reference.gather_sum(kept, bad.clamp(0, 29), W), "invalid ids")
+
+
+def test_dense_route_is_not_weighed_when_the_gather_is_cheap(monkeypatch):
+    """`choose` compacts (a host synchronisation) only when a dense product could win at all:
+    a one-token call with k=128 goes straight to the gather; an AuxK-sized call is weighed."""
+    from workbench.kernels.decode import dense
+
+    calls = []
+    real_compact = dense.compact
+    monkeypatch.setattr(dense, "compact", lambda *a: calls.append(a) or real_compact(*a))
+    one_token = torch.randint(0, 16384, (1, 128))
+    assert dense.choose(one_token, 16384, 576, torch.bfloat16, 2) is None
+    assert calls == []
+    aux = torch.randint(0, 13000, (4096, 1152))
+    assert dense.choose(aux, 65536, 2304, torch.bfloat16, 4) is not None
+    assert len(calls) == 1
