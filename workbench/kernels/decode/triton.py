@@ -251,6 +251,13 @@ def _scatter_rows_kernel(
                     tl.store(dots_ptr + pair, previous + dots, mask=pair_ok)
             tl.store(out_ptr + latents64[:, None] * stride_om + cols[None, :] * stride_od,
                      acc.to(out_ptr.dtype.element_ty), mask=latent_ok[:, None] & col_ok[None, :])
+            if FUSE_DOT:
+                # The next column block reads back the partial dots stored above, and the
+                # thread that loads an element need not be the one that stored it (1-D
+                # tensors are replicated across a program's threads): without a barrier the
+                # read can miss the write. (On the H200 the tuner rejected the launch configs
+                # that take this path more often: BLOCK_P 32, BLOCK_D 64.)
+                tl.debug_barrier()
     if COEF_SUM:
         tl.store(coef_sum_ptr + latents, coef_sum, mask=latent_ok)
 
