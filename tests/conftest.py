@@ -6,6 +6,7 @@ No test downloads anything: HF_HUB_OFFLINE is forced on here.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -82,35 +83,44 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_url():
-    """Serve the app (default model) on a free port for the session; yields its base URL."""
+@contextlib.contextmanager
+def served_app(env: dict, log_path: str):
+    """Serve the app on a free port with `env`; yields its base URL, stops it afterwards."""
     from workbench.cli.app import app_command
 
     port = free_port()
-    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"workbench-app-{port}.log"), "w")
-    process = subprocess.Popen(app_command(port), stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+    log = open(log_path.format(port=port), "w")
+    process = subprocess.Popen(app_command(port), stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with {process.returncode}; see {log.name}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        raise RuntimeError(f"the app did not start within 120 s; see {log.name}")
-    yield url
-    process.terminate()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        while time.time() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the app exited with {process.returncode}; see {log.name}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError(f"the app did not start within 120 s; see {log.name}")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def app_url():
+    """Serve the app (default model) on a free port for the session; yields its base URL."""
+    log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "workbench-app-{port}.log")
+    with served_app(dict(os.environ), log_path) as url:
+        yield url
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

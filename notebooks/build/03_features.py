@@ -13,12 +13,10 @@ a minute on CPU. Check:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+import notebook_builder  # beside this script
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "03_features.ipynb"
 UNSTORED = "(output not stored in the committed notebook"
@@ -183,30 +181,8 @@ print(path.name, "self-contained:", "<script" not in html and "http://cdn" not i
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    for kind, source in CELLS:
-        nb.cells.append(new_markdown_cell(source) if kind == "md" else new_code_cell(source))
-    return nb
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-execute", action="store_true", help="write the notebook without running it")
-    args = parser.parse_args(argv)
-    nb = build()
-    if not args.no_execute:
-        from nbclient import NotebookClient
-
-        NotebookClient(nb, timeout=600, kernel_name="python3",
-                       resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-        for cell in nb.cells:  # the map embeds BokehJS and 8k points (~6 MB): keep the file small
-            if cell.cell_type == "code" and UNSTORED in cell.source:
-                cell.outputs = []
-    nbformat.write(nb, NOTEBOOK)
-    print(f"wrote {NOTEBOOK}")
-    return 0
+    return notebook_builder.main(CELLS, NOTEBOOK, __doc__, argv, timeout=600, unstored_marker=UNSTORED)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,10 @@ Check: .venv/bin/python -m pytest -q --nbval-lax --nbval-current-env notebooks/0
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+import notebook_builder  # beside this script
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "04_steering.ipynb"
 
@@ -224,27 +222,8 @@ controls, and a feature card's "steer with this" link opens it on that feature."
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    for kind, source in CELLS:
-        nb.cells.append(new_markdown_cell(source) if kind == "md" else new_code_cell(source))
-    return nb
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-execute", action="store_true", help="write the notebook without running it")
-    args = parser.parse_args(argv)
-    nb = build()
-    if not args.no_execute:
-        from nbclient import NotebookClient
-
-        NotebookClient(nb, timeout=1200, kernel_name="python3",
-                       resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    nbformat.write(nb, NOTEBOOK)
-    print(f"wrote {NOTEBOOK}")
-    return 0
+    return notebook_builder.main(CELLS, NOTEBOOK, __doc__, argv, timeout=1200)
 
 
 if __name__ == "__main__":

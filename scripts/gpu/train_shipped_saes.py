@@ -303,29 +303,38 @@ def kl_finetune_all(result, model, tokens, args, device):
 
 
 # ---------------------------------------------------------------------- evaluation and packing
+def save_and_evaluate(sae, folder: Path, model, held_out, args, metadata: dict | None = None) -> tuple:
+    """Save `sae` in fp16 to `folder`, reload that file as users will, and evaluate it on the
+    held-out split (fp32 model): evaluate_sae's metrics plus the training metadata."""
+    from workbench.sae.evals import evaluate_sae
+    from workbench.sae.io import save_sae
+    from workbench.sae.loading import load_sae
+
+    save_sae(sae, folder, dtype="float16", metadata=metadata)
+    reloaded = load_sae(folder, model, check_tokens=256)
+    metrics = evaluate_sae(reloaded, model, held_out, args.eval_tokens, context_size=args.context_size,
+                           batch_size=args.eval_batch, ce_tokens=args.ce_tokens)
+    metrics["training"] = sae.metadata.get("training", {})
+    return metrics, reloaded
+
+
 def evaluate_and_save(result, model, held_out, args, saes_dir):
     import torch
 
     from workbench.atomic import write_json
-    from workbench.sae.evals import downstream_metrics, evaluate_sae
-    from workbench.sae.io import save_sae
-    from workbench.sae.loading import load_sae
+    from workbench.sae.evals import downstream_metrics
 
     model.hf.float()  # evaluate in fp32: CE differences of a few hundredths of a nat need it
     evals = {}
     for name, sae in result.saes.items():
         folder = saes_dir / name
-        save_sae(sae, folder, dtype="float16", metadata={"trained_by": "scripts/gpu/train_shipped_saes.py",
-                                                          "gpu": _device_name()})
-        shipped = load_sae(folder, model, check_tokens=256)  # the fp16 file as users will load it
-        metrics = evaluate_sae(shipped, model, held_out, args.eval_tokens, context_size=args.context_size,
-                               batch_size=args.eval_batch, ce_tokens=args.ce_tokens)
+        metrics, shipped = save_and_evaluate(sae, folder, model, held_out, args,
+                                             {"trained_by": "scripts/gpu/train_shipped_saes.py", "gpu": _device_name()})
         ce_tokens = held_out.tokens[:max(1, math.ceil(min(args.ce_tokens, 32_768) / (args.context_size - 1)))]
         with_pos0 = downstream_metrics(shipped, model, ce_tokens, batch_size=args.eval_batch, splice_position0=True)
         metrics["delta_ce_splicing_position0"] = with_pos0["delta_ce"]
         metrics["ce_loss_recovered_splicing_position0"] = with_pos0["ce_loss_recovered"]
         metrics["n_ce_tokens_splicing_position0"] = with_pos0["n_ce_tokens"]
-        metrics["training"] = sae.metadata.get("training", {})
         metrics["file_bytes"] = sum(f.stat().st_size for f in folder.iterdir())
         write_json(folder / "eval.json", metrics)
         evals[name] = metrics
@@ -340,18 +349,10 @@ def evaluate_and_save(result, model, held_out, args, saes_dir):
 def evaluate_before_finetune(saes: dict, model, held_out, args, folder: Path) -> dict:
     """The MSE-only SAEs, saved in fp16 (not shipped) and evaluated like the shipped ones, for the
     before/after comparison of the KL fine-tune."""
-    from workbench.sae.evals import evaluate_sae
-    from workbench.sae.io import save_sae
-    from workbench.sae.loading import load_sae
-
     evals = {}
     for name, sae in saes.items():
-        save_sae(sae, folder / name, dtype="float16")
-        reloaded = load_sae(folder / name, model)
-        metrics = evaluate_sae(reloaded, model, held_out, args.eval_tokens, context_size=args.context_size,
-                               batch_size=args.eval_batch, ce_tokens=args.ce_tokens)
+        metrics, _ = save_and_evaluate(sae, folder / name, model, held_out, args)
         metrics["delta_ce_splicing_position0"] = float("nan")
-        metrics["training"] = sae.metadata.get("training", {})
         evals[name] = metrics
         log(f"evaluated {name} before the KL fine-tune: FVU typical {metrics['fvu_typical']:.4f}, "
             f"dCE {metrics['delta_ce']:+.4f} nats")

@@ -8,13 +8,11 @@ written to a temporary SAE root), so the test does not depend on which SAEs are 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 
 import pytest
 from playwright.sync_api import expect
+
+from tests.conftest import served_app
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
@@ -25,39 +23,14 @@ SITE = "blocks.15.hook_resid_post"
 @pytest.fixture(scope="module")
 def steering_app_url(tmp_path_factory):
     """Serve the app on a free port with a test SAE registered through WORKBENCH_SAE_DIRS."""
-    from workbench.cli.app import app_command
     from workbench.sae import SaeConfig, create_sae, save_sae
 
     root = tmp_path_factory.mktemp("saes")
     cfg = SaeConfig("topk", 576, 256, k=8, site=SITE, model_name="smollm2-135m")
     save_sae(create_sae(cfg), root / "smollm2-135m" / SAE_NAME)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {**os.environ, "WORKBENCH_SAE_DIRS": str(root), "WORKBENCH_APP_MODEL": "smollm2-135m"}
-    log = open(root / "app.log", "w")
-    process = subprocess.Popen(app_command(port), stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the app exited with {process.returncode}; see {log.name}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        raise RuntimeError(f"the app did not start within 120 s; see {log.name}")
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    with served_app(env, str(root / "app.log")) as url:
+        yield url
 
 
 def test_slider_generate_shows_both_continuations(page, steering_app_url):

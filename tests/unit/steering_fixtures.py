@@ -3,11 +3,16 @@
 `token_sae` has known features: feature f's decoder row is the (unit) input embedding of
 TOKENS[f], so its logit-lens top token is that token (tiny-llama ties its embeddings) and
 adding it makes the model say that token. The other rows are seeded random unit vectors.
+The module fixtures `model` (tiny-llama) and `sae` (its token_sae) are imported by the
+steering test modules.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+from tests.conftest import cached_model
 
 SITE = "blocks.0.hook_resid_post"
 D_SAE = 32
@@ -37,3 +42,13 @@ def token_sae(model, site: str = SITE):
             sae.W_dec[feature] = row
             sae.W_enc[:, feature] = row
     return sae
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cached_model("tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def sae(model):
+    return token_sae(model)

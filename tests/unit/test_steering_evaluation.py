@@ -7,22 +7,11 @@ import threading
 import pytest
 import torch
 
-from tests.conftest import cached_model
-from tests.unit.steering_fixtures import TOKENS, token_sae
+from tests.unit.steering_fixtures import TOKENS, model, sae  # noqa: F401 (fixtures)
 from workbench.errors import WorkbenchError
 from workbench.steering import AddFeature, concept_token_ids, dose_response, perplexity, repetition_rate, steer
 
 PROMPT = "the cat sat on the mat"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return cached_model("tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def sae(model):
-    return token_sae(model)
 
 
 def test_repetition_rate():

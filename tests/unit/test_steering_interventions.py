@@ -5,23 +5,12 @@ raises its tokens' probability, clamps keep the SAE error, edits combine, bad in
 import pytest
 import torch
 
-from tests.conftest import cached_model
-from tests.unit.steering_fixtures import SITE, TOKENS, token_sae
+from tests.unit.steering_fixtures import SITE, TOKENS, model, sae  # noqa: F401 (fixtures)
 from workbench.errors import UnknownNameError, WorkbenchError
 from workbench.sae import SaeConfig, create_sae
 from workbench.steering import AblateFeatures, AddFeature, AddVector, ClampFeature, steer, typical_norm
 
 PROMPT = "the cat sat on the mat"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return cached_model("tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def sae(model):
-    return token_sae(model)
 
 
 def test_coefficient_zero_leaves_logits_identical(model, sae):

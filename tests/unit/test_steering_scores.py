@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import cached_model
-from tests.unit.steering_fixtures import SITE, TOKENS, token_sae
+from tests.unit.steering_fixtures import SITE, TOKENS, model, sae  # noqa: F401 (fixtures)
 from workbench.errors import WorkbenchError
 from workbench.steering.scores import (
     NEUTRAL_PROMPT,
@@ -19,16 +18,6 @@ from workbench.steering.scores import (
     top_examples_from_store,
 )
 from workbench.steering.scores_store import read_scores, sidecar_path, write_scores
-
-
-@pytest.fixture(scope="module")
-def model():
-    return cached_model("tiny-llama")
-
-
-@pytest.fixture(scope="module")
-def sae(model):
-    return token_sae(model)
 
 
 def test_logit_lens_tokens_are_the_top_tokens_of_each_decoder_row(model, sae):

@@ -152,6 +152,23 @@ def _gather_dot_kernel(
 
 
 @triton.jit
+def _pair_block(perm_ptr, keys_ptr, coef_ptr, positions, end, first, K, stride_cn, stride_ck,
+                SKIP_ZERO: tl.constexpr):
+    """One block of a latent group's sorted pairs: (pair_ok, pair id, latent - first, token row,
+    coefficient in fp32, whether its row must be loaded)."""
+    pair_ok = positions < end
+    pair = tl.load(perm_ptr + positions, mask=pair_ok, other=0).to(tl.int64)
+    local = tl.load(keys_ptr + positions, mask=pair_ok, other=-1).to(tl.int32) - first
+    row = pair // K
+    slot = pair - row * K
+    coef = tl.load(coef_ptr + row * stride_cn + slot * stride_ck, mask=pair_ok, other=0.0).to(tl.float32)
+    load_ok = pair_ok
+    if SKIP_ZERO:
+        load_ok = pair_ok & (coef != 0.0)
+    return pair_ok, pair, local, row, coef, load_ok
+
+
+@triton.jit
 def _scatter_rows_kernel(
     perm_ptr, keys_ptr, group_start_ptr, coef_ptr, rows_ptr, out_ptr, table_ptr, dots_ptr, coef_sum_ptr,
     M, K, D,
@@ -172,16 +189,9 @@ def _scatter_rows_kernel(
     if end - start <= BLOCK_P:
         # Fast path (the usual case): all the group's pairs fit one block, so their metadata
         # is loaded once and the column loop has independent iterations (pipelined).
-        positions = start + tl.arange(0, BLOCK_P)
-        pair_ok = positions < end
-        pair = tl.load(perm_ptr + positions, mask=pair_ok, other=0).to(tl.int64)
-        local = tl.load(keys_ptr + positions, mask=pair_ok, other=-1).to(tl.int32) - first
-        row = pair // K
-        slot = pair - row * K
-        coef = tl.load(coef_ptr + row * stride_cn + slot * stride_ck, mask=pair_ok, other=0.0).to(tl.float32)
-        load_ok = pair_ok
-        if SKIP_ZERO:
-            load_ok = pair_ok & (coef != 0.0)
+        pair_ok, pair, local, row, coef, load_ok = _pair_block(
+            perm_ptr, keys_ptr, coef_ptr, start + tl.arange(0, BLOCK_P), end, first, K, stride_cn, stride_ck,
+            SKIP_ZERO)
         onehot_t = lanes[:, None] == local[None, :]  # [BLOCK_L, BLOCK_P]: pair p names latent first + l
         s_t = tl.where(onehot_t, coef[None, :], 0.0)
         if COEF_SUM:
@@ -220,16 +230,9 @@ def _scatter_rows_kernel(
                 table_t = tl.load(table_ptr + latents64[None, :] * stride_tm + cols[:, None] * stride_td,
                                   mask=latent_ok[None, :] & col_ok[:, None], other=0.0)
             for p0 in range(start, end, BLOCK_P):
-                positions = p0 + tl.arange(0, BLOCK_P)
-                pair_ok = positions < end
-                pair = tl.load(perm_ptr + positions, mask=pair_ok, other=0).to(tl.int64)
-                local = tl.load(keys_ptr + positions, mask=pair_ok, other=-1).to(tl.int32) - first
-                row = pair // K
-                slot = pair - row * K
-                coef = tl.load(coef_ptr + row * stride_cn + slot * stride_ck, mask=pair_ok, other=0.0).to(tl.float32)
-                load_ok = pair_ok
-                if SKIP_ZERO:
-                    load_ok = pair_ok & (coef != 0.0)
+                pair_ok, pair, local, row, coef, load_ok = _pair_block(
+                    perm_ptr, keys_ptr, coef_ptr, p0 + tl.arange(0, BLOCK_P), end, first, K, stride_cn, stride_ck,
+                    SKIP_ZERO)
                 r = tl.load(rows_ptr + row[:, None] * stride_rn + cols[None, :] * stride_rd,
                             mask=load_ok[:, None] & col_ok[None, :], other=0.0)
                 onehot_t = lanes[:, None] == local[None, :]
