@@ -255,3 +255,22 @@ def test_selection_matches_a_plain_autocast_topk():
         plain_vals, plain_idx = (x @ W_enc + b_enc).topk(k, dim=1)
     assert torch.equal(idx, plain_idx.sort(dim=1).values), "selection differs from x @ W_enc + b_enc under autocast"
     assert torch.equal(vals.float(), plain_vals.relu().gather(1, plain_idx.sort(dim=1).indices).float())
+
+
+def test_row_upkeep_real_shape():
+    """The trainer's decoder-row upkeep at the training shape (fp32 [65536, 2304]), tuned."""
+    from workbench.kernels import normalize_rows_, remove_parallel_component_
+    from workbench.kernels.rows import reference as rows_reference
+
+    generator = torch.Generator(device=CUDA).manual_seed(21)
+    shape = (ENCODE["n_latents"], ENCODE["d_in"])
+    weight = torch.randn(shape, device=CUDA, generator=generator)
+    weight /= weight.norm(dim=1, keepdim=True)
+    grad = torch.randn(shape, device=CUDA, generator=generator)
+    want = rows_reference.remove_parallel_component_(grad.clone(), weight)
+    with use("triton"):
+        got = remove_parallel_component_(grad.clone(), weight)
+        scaled = weight * torch.rand(shape[0], 1, device=CUDA, generator=generator).add(0.5)
+        normalize_rows_(scaled)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scaled, weight, rtol=1e-5, atol=1e-6)

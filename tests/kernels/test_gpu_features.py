@@ -62,3 +62,34 @@ def test_direct_launch_of_the_one_token_decode():
         torch.testing.assert_close(got.float(), decode_reference.decode_forward(acts, idx, W, b).float(), rtol=1.6e-2, atol=1e-2)
     assert decode_kernels._SLOTS_LAUNCH.enabled, "direct launches were switched off (see the log for why)"
     assert decode_kernels._SLOTS_LAUNCH._verified, "the direct launch never ran"
+
+
+def test_direct_launch_through_a_one_token_plan():
+    """A repeat one-token call goes through its stored plan and gives the regular launch's
+    bits; another stride (a non-contiguous view) or a bias gets its own plan, still right."""
+    from workbench.kernels.decode import triton as decode_kernels
+
+    generator = torch.Generator(device=CUDA).manual_seed(11)
+    n_latents, width, k = DECODE["n_latents"], DECODE["width"], DECODE["k"]
+    W = (torch.randn(n_latents, width, device=CUDA, generator=generator) / 64).to(torch.bfloat16)
+    b = torch.randn(width, device=CUDA, generator=generator).to(torch.bfloat16)
+    wide = torch.rand(1, 2 * k, device=CUDA, generator=generator).to(torch.bfloat16)
+    cases = {
+        "contiguous": (wide[:, :k].contiguous(), None),
+        "strided": (wide[:, ::2], None),
+        "bias": (wide[:, :k].contiguous(), b),
+    }
+    idx = torch.randperm(n_latents, device=CUDA, generator=generator)[:k].view(1, k)
+    for name, (acts, bias) in cases.items():
+        signature = decode_kernels.lean_signature(acts, idx, W, bias)
+        with torch.no_grad(), use("triton"):
+            for _ in range(3):  # compile, check the direct launch, store the plan
+                sparse_decode(acts, idx, W, bias)
+            assert signature in decode_kernels._LEAN_PLANS, f"{name}: no plan was stored"
+            planned = decode_kernels.lean_decode(signature, acts, idx, W, bias)
+            through_api = sparse_decode(acts, idx, W, bias)
+        regular = decode_kernels.gather_sum(acts, idx, W, bias, out_dtype=acts.dtype)
+        assert torch.equal(planned, regular), name
+        assert torch.equal(through_api, regular), name
+        want = decode_reference.decode_forward(acts, idx, W, bias).float()
+        torch.testing.assert_close(through_api.float(), want, rtol=1.6e-2, atol=1e-2)

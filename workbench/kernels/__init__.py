@@ -8,6 +8,7 @@
         ...
     active_backend("sparse_decode", device, dtype)               # -> "reference" | "triton"
     flat_idx = batch_topk_indices(relu_pre, k * N)               # BatchTopK: the k*N largest of a batch
+    remove_parallel_component_(W_dec.grad, W_dec); normalize_rows_(W_dec)   # decoder-row upkeep, in place
 
 Each op lives in its own folder, `decode/` and `encode/` (topk_encode's folder is not
 named `topk_encode`, which would shadow the function once imported): `reference.py`
@@ -17,13 +18,21 @@ autograd for the fast path); `decode/dense.py` runs products with hundreds of sl
 row (AuxK) as GEMMs over the latents named. `batch_topk/` holds only a reference: torch's
 top-k beat the custom kernel there. `dispatch.py` picks the backend lazily per (op,
 device type, dtype): Triton on CUDA, the reference elsewhere;
-`WORKBENCH_KERNELS=reference|triton|auto` or `use(...)` override it. `tuning.py` picks
+`WORKBENCH_KERNELS=reference|triton|auto` or `use(...)` override it. `rows/` holds the
+trainer's decoder-row upkeep (one pass each instead of torch's five). `tuning.py` picks
 launch configs (timed and cross-checked on first use), `launch.py` launches the
 one-token decode kernel without Triton's per-call bookkeeping. Importing this package
 registers the torch.library ops and imports neither triton nor torch._dynamo.
 """
 
-from workbench.kernels.api import batch_topk_indices, sparse_decode, topk_encode
+from workbench.kernels.api import (
+    batch_topk_indices,
+    normalize_rows_,
+    remove_parallel_component_,
+    sparse_decode,
+    topk_encode,
+)
 from workbench.kernels.dispatch import active_backend, use
 
-__all__ = ["sparse_decode", "topk_encode", "batch_topk_indices", "use", "active_backend"]
+__all__ = ["sparse_decode", "topk_encode", "batch_topk_indices", "remove_parallel_component_", "normalize_rows_",
+           "use", "active_backend"]

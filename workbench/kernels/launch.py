@@ -39,6 +39,8 @@ class DirectLaunch:
         """False after a failed check (or with WORKBENCH_KERNELS_DIRECT=0): regular launches only."""
         self._compiled: dict[tuple, tuple[object, tuple]] = {}
         self._verified: set[tuple] = set()
+        self.on_disable: list = []
+        """Callables run when direct launches are switched off (callers drop their own caches)."""
 
     def _constexpr_tail(self, n_args: int, meta: dict) -> tuple:
         # The launcher takes every parameter in order, constexprs included (it ignores them).
@@ -70,7 +72,15 @@ class DirectLaunch:
             else:
                 self._disable("its output differs from a regular launch")
 
+    def verified_entry(self, key: tuple) -> tuple[object, tuple] | None:
+        """(compiled kernel, constexpr tail) of a key whose direct launch passed its check, else None."""
+        if not self.enabled or key not in self._verified:
+            return None
+        return self._compiled.get(key)
+
     def _disable(self, why: str) -> None:
         self.enabled = False
         self._compiled.clear()
+        for hook in self.on_disable:
+            hook()
         log.warning("kernels: direct launches of %s switched off (%s); using regular launches", self.kernel.fn.__name__, why)

@@ -162,6 +162,11 @@ def launch_args(config: dict) -> tuple[dict, dict]:
     return split[0], split[1]
 
 
+def tuning_forced() -> bool:
+    """Whether any kernel's launch config is forced right now (see force_config)."""
+    return bool(_forced)
+
+
 def bucket(n: int) -> int:
     """A shape bucket: the next power of two (so tuning runs once per size class)."""
     return 1 << max(0, int(n - 1).bit_length())

@@ -29,7 +29,7 @@ from torch import nn
 
 from workbench.errors import WorkbenchError
 from workbench.sae.config import SaeConfig
-from workbench.sae.sparse_ops import ragged_decode, sparse_decode
+from workbench.sae.sparse_ops import normalize_rows_, ragged_decode, remove_parallel_grad_, sparse_decode
 
 TORCH_DTYPES = {
     "float32": torch.float32,
@@ -204,7 +204,7 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale every decoder row to unit L2 norm."""
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        normalize_rows_(self.W_dec.data)
 
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
@@ -212,8 +212,7 @@ class SparseAutoencoder(nn.Module):
         so the step moves rows on the sphere and the renormalisation changes little."""
         if self.W_dec.grad is None:
             return
-        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
-        self.W_dec.grad.sub_(parallel * self.W_dec)
+        remove_parallel_grad_(self.W_dec.grad, self.W_dec.data)
 
     # ------------------------------------------------------------------ folding
     @torch.no_grad()

@@ -207,3 +207,64 @@ def topk_encode(x, W_enc, b_enc, k, *, dead_mask=None, k_aux=0, absolute=False):
         return dense
 
     return _verified("topk_encode", x, fast, slow, [x, W_enc, b_enc], canonical)
+
+
+# ---------------------------------------------------------------------- decoder-row upkeep
+def local_remove_parallel_grad_(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """In place: grad[m] -= <grad[m], weight[m]> weight[m] (grad, weight [d_sae, d_out])."""
+    parallel = (grad * weight).sum(dim=1, keepdim=True)
+    return grad.sub_(parallel * weight)
+
+
+def local_normalize_rows_(weight: torch.Tensor) -> torch.Tensor:
+    """In place: every row of weight [d_sae, d_out] to unit L2 norm."""
+    return weight.div_(weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
+def _verified_in_place(op: str, target: torch.Tensor, fast, slow) -> torch.Tensor:
+    """Like _verified, for an op that changes `target` in place: on first use per (op, device,
+    dtype) both run from the same input and must agree (1e-4 of the largest magnitude: both
+    compute in fp32); a kernel that raises or disagrees is dropped for the local version."""
+    key = (op, target.device.type, target.dtype)
+    if _CHOICES.get(key) == "verified":
+        return fast()
+    original = target.clone()
+    try:
+        fast()
+        by_kernel = target.clone()
+        error = None
+    except Exception as caught:  # noqa: BLE001 (any kernel failure means: use the local path)
+        by_kernel, error = None, f"{type(caught).__name__}: {caught}"
+    target.copy_(original)
+    slow()
+    if error is None:
+        diff = float((by_kernel.float() - target.float()).abs().max()) if target.numel() else 0.0
+        scale = float(target.float().abs().max()) if target.numel() else 0.0
+        if diff <= 1e-4 * max(scale, 1e-6):
+            _CHOICES[key] = "verified"
+            log.info("sae: the %s kernel on %s/%s passed its first-use check", op, key[1], key[2])
+            return target
+        error = f"max abs diff {diff:.3g} (scale {scale:.3g})"
+    log.warning("sae: the %s kernel on %s/%s failed its first-use check (%s); using the local version",
+                op, key[1], key[2], error)
+    _CHOICES[key] = "local"
+    return target
+
+
+def remove_parallel_grad_(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Dispatching in-place removal of each row's parallel gradient (one pass in the kernel)."""
+    if _choose("row_upkeep", weight) == "local":
+        return local_remove_parallel_grad_(grad, weight)
+    from workbench.kernels import remove_parallel_component_ as kernel  # noqa: PLC0415
+
+    return _verified_in_place("remove_parallel_grad", grad, lambda: kernel(grad, weight),
+                              lambda: local_remove_parallel_grad_(grad, weight))
+
+
+def normalize_rows_(weight: torch.Tensor) -> torch.Tensor:
+    """Dispatching in-place row normalisation (one pass in the kernel)."""
+    if _choose("row_upkeep", weight) == "local":
+        return local_normalize_rows_(weight)
+    from workbench.kernels import normalize_rows_ as kernel  # noqa: PLC0415
+
+    return _verified_in_place("normalize_rows", weight, lambda: kernel(weight), lambda: local_normalize_rows_(weight))

@@ -46,7 +46,7 @@ import triton.language as tl
 from workbench.kernels import _interpreter
 from workbench.kernels.decode import dense
 from workbench.kernels.launch import DirectLaunch
-from workbench.kernels.tuning import Tuner, bucket, interpreting, launch_args
+from workbench.kernels.tuning import Tuner, bucket, interpreting, launch_args, tuning_forced
 
 _interpreter.install()
 
@@ -311,6 +311,60 @@ SCATTER_ROWS = Tuner("scatter_rows", [
 ])
 
 _SLOTS_LAUNCH = DirectLaunch(_gather_slots_kernel)
+
+# One-token plans: everything a no-grad decode of one call signature needs (the verified
+# compiled kernel, grid, integer arguments), so that a repeat call with the same shapes,
+# strides, dtypes and devices costs a dict lookup, an allocation and the C launcher.
+_LEAN_PLANS: dict[tuple, tuple] = {}
+_LEAN_MAX_PLANS = 256
+_SLOTS_LAUNCH.on_disable.append(_LEAN_PLANS.clear)
+
+
+def lean_signature(acts, indices, W_dec, b_dec) -> tuple:
+    """What a one-token plan depends on: shapes, strides, dtypes and devices of every input."""
+    bias = None if b_dec is None else (b_dec.shape, b_dec.stride(), b_dec.dtype, b_dec.device)
+    return (acts.shape, acts.stride(), acts.dtype, acts.device, indices.shape, indices.stride(), indices.dtype,
+            indices.device, W_dec.shape, W_dec.stride(), W_dec.dtype, W_dec.device, bias)
+
+
+def lean_decode(signature: tuple, acts, indices, W_dec, b_dec) -> torch.Tensor | None:
+    """decode_forward through a stored plan; None when this signature has none (yet)."""
+    plan = _LEAN_PLANS.get(signature)
+    if plan is None:
+        return None
+    compiled, grid, ints, tail, out_shape, device_index = plan
+    out = torch.empty(out_shape, dtype=acts.dtype, device=acts.device)
+    stream = torch._C._cuda_getCurrentRawStream(device_index)
+    compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
+                 acts, indices, W_dec, out if b_dec is None else b_dec, out, *ints, *tail)
+    return out
+
+
+def _store_lean_plan(acts, indices, W_dec, b_dec) -> None:
+    """After a decode_forward of few rows: keep its plan if the call went through a verified
+    direct launch of the slots kernel with the tuner's settled config."""
+    n_rows, k = acts.shape
+    n_latents, width = W_dec.shape
+    if not (0 < n_rows <= FEW_ROWS and 0 < k < dense.DENSE_MIN_K and width > 0) or len(_LEAN_PLANS) >= _LEAN_MAX_PLANS:
+        return
+    if acts.device.type != "cuda" or interpreting() or tuning_forced():
+        return
+    dtypes = (acts.dtype, indices.dtype, W_dec.dtype, (b_dec if b_dec is not None else acts).dtype, acts.dtype)
+    config = GATHER_SLOTS.chosen.get((bucket(n_rows), k, width, bucket(n_latents)) + dtypes)
+    if config is None:
+        return
+    entry = _SLOTS_LAUNCH.verified_entry(dtypes + (b_dec is not None, acts.device.index, id(config)))
+    if entry is None:
+        return
+    compiled, tail = entry
+    meta, _ = launch_args(config)
+    bias_stride = b_dec.stride(0) if b_dec is not None else width  # never read without a bias
+    ints = (k, n_latents, width, *acts.stride(), *indices.stride(), *W_dec.stride(), bias_stride, width, 1)
+    if max(ints) >= 2**31 or min(ints) < 0:
+        return
+    grid = (n_rows, triton.cdiv(width, meta["BLOCK_D"]), 1)
+    _LEAN_PLANS[lean_signature(acts, indices, W_dec, b_dec)] = (
+        compiled, grid, ints, tail, (n_rows, width), acts.device.index)
 _sm_counts: dict[int, int] = {}
 
 
@@ -527,7 +581,10 @@ def decode_forward(
     acts: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None
 ) -> torch.Tensor:
     """Triton twin of reference.decode_forward: [N, k], [N, k], [d_sae, d_out], [d_out]? -> [N, d_out]."""
-    return gather_sum(acts, indices, W_dec, b_dec, out_dtype=acts.dtype)
+    out = gather_sum(acts, indices, W_dec, b_dec, out_dtype=acts.dtype)
+    if acts.shape[0] <= FEW_ROWS:
+        _store_lean_plan(acts, indices, W_dec, b_dec)
+    return out
 
 
 def decode_backward(
