@@ -319,6 +319,10 @@ def latency_n1(b: Bench) -> None:
             grad_ctx = torch.enable_grad() if "autograd" in name else torch.no_grad()
             with grad_ctx:
                 entry = {"method": name, "event_ms": b.time_ms(fn), "host_loop_us_per_call": b.host_loop_us(fn)}
+            if name == "ours_no_grad" and torch.cuda.is_available():
+                from workbench.kernels.decode import triton as decode_kernels
+
+                entry["one_token_plan"] = decode_kernels.lean_signature(acts, idx, W, None) in decode_kernels._LEAN_PLANS
             b.record["latency_n1"].append(entry)
             print(f"   N=1 {name:<30} median {entry['event_ms']['ms'] * 1e3:8.2f} us   host loop "
                   f"{entry['host_loop_us_per_call']:8.2f} us/call", flush=True)

@@ -130,10 +130,7 @@ def training_tokens(args, model):
         # does not hold (a superset file from build_corpora.py --train-corpus, or only its extra
         # documents); nothing of `default`'s held-out split goes in.
         extra = load_corpus(args.train_corpus)
-        held = {text for _, text in default.split("test")}
-        train_docs = [text for _, text in default.split("train")]
-        known = held | set(train_docs)
-        added = [doc for doc in extra.docs if doc not in known]
+        train_docs, added = combined_training_docs(default, extra)
         log(f"train corpus: {len(train_docs)} documents of default's train split + {len(added)} of "
             f"{args.train_corpus} ({len(extra.docs) - len(added)} already in default, held-out ones included)")
         base = Corpus(name=f"default+{extra.name}", docs=tuple(train_docs + added), source=extra.source,
@@ -151,6 +148,22 @@ def training_tokens(args, model):
         tokens = tokens[order.sort().values]
     log(f"training text: {tokens.shape[0]} contexts x {T} = {tokens.numel():,} tokens")
     return tokens, held_out
+
+
+def combined_training_docs(default, extra) -> tuple[list[str], list[str]]:
+    """(default's train-split documents, the documents of `extra` that `default` does not hold).
+
+    Nothing of default's held-out split is returned, whichever file `extra` came from."""
+    held = {text for _, text in default.split("test")}
+    train_docs = [text for _, text in default.split("train")]
+    known = held | set(train_docs)
+    seen: set[str] = set()
+    added = []
+    for doc in extra.docs:
+        if doc not in known and doc not in seen:
+            seen.add(doc)
+            added.append(doc)
+    return train_docs, added
 
 
 def generated_contexts(args, model, tokens):

@@ -38,3 +38,26 @@ def test_tiny_run_end_to_end(tmp_path):
         assert 0 < metrics["fvu"] < 1 and "delta_ce_splicing_position0" in metrics
     summary = json.loads((out / "summary.json").read_text())
     assert summary["main_sae"] == "topk-l1-256" and set(summary["main_passes"]) == {"delta_ce", "fvu_typical", "dead_frac"}
+
+
+def _script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_shipped_saes", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extra_training_text_never_brings_held_out_documents():
+    from workbench.corpora.corpus import Corpus
+
+    docs = tuple(f"document number {i} " * 5 for i in range(60))
+    default = Corpus(name="d", docs=docs, source="test", license="test")
+    held = [text for _, text in default.split("test")]
+    assert held, "the split needs a held-out document for this test"
+    extra = Corpus(name="e", docs=(held[0], docs[0], "a new document", "a new document", "another"),
+                   source="test", license="test")
+    train_docs, added = _script_module().combined_training_docs(default, extra)
+    assert added == ["a new document", "another"]
+    assert set(train_docs).isdisjoint(held) and len(train_docs) + len(held) == len(docs)

@@ -214,8 +214,11 @@ def test_aux_decode_dense_route_real_shape():
     got, want = _decode_both(acts, idx, W, None, grad_y)
     # d acts: the dense route rounds the fp32 weights to bf16 for the dots, as the kernels do.
     want = (want[0], decode_reference.gather_dot(grad_y, idx, W.to(torch.bfloat16)).to(torch.bfloat16), want[2])
+    # d W_dec is an fp32 sum of ~360 bf16 products per element on the tensor cores, whose fp32
+    # accumulation is not IEEE-exact on Hopper: 2.5e-5 off at scale 60 was seen on the H200,
+    # so its bound is 1e-4 (still 1000x below the error of a dropped or doubled pair).
     for g, w, name in zip(got[:3], want, ("y", "d acts", "d W_dec")):
-        assert_close(g, w, f"aux dense route: {name}")
+        assert_close(g, w, f"aux dense route: {name}", rtol=1e-4 if name == "d W_dec" else None)
 
 
 def test_tuned_candidates_agree(monkeypatch):
