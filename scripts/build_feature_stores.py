@@ -7,12 +7,12 @@ the model runs in bfloat16 (about 2x faster than float32 on these CPUs). Interru
 same command continues from the last checkpoint (data/features/<model>/<sae>.sqlite.harvest/).
 
     .venv/bin/python scripts/build_feature_stores.py                  # all SAEs of smollm2-135m
-    .venv/bin/python scripts/build_feature_stores.py --saes topk-l15-8k --tokens 300000
+    .venv/bin/python scripts/build_feature_stores.py --saes batchtopk-l15-8k --tokens 300000
 
 Equivalent, one SAE at a time (slower: one forward per SAE):
 
-    workbench harvest data/saes/smollm2-135m/topk-l15-8k --model smollm2-135m --dtype bfloat16 \\
-        --corpus default --split test --tokens 240000 --out data/features/smollm2-135m/topk-l15-8k.sqlite
+    workbench harvest data/saes/smollm2-135m/batchtopk-l15-8k --model smollm2-135m --dtype bfloat16 \\
+        --corpus default --split test --tokens 240000 --out data/features/smollm2-135m/batchtopk-l15-8k.sqlite
 
 Prints a table (latents, dead fraction, store size, time) and checks the size budget
 (all stores of a model together <= 30 MB, so that data/ stays under ~100 MB).

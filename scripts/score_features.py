@@ -10,7 +10,7 @@ and notebook 04 read them.
 
 Usage (the shipped SAEs, after they and their feature stores exist):
   .venv/bin/python scripts/score_features.py --model smollm2-135m            # every registered SAE
-  .venv/bin/python scripts/score_features.py --model smollm2-135m --sae topk-l15-8k --dtype bfloat16
+  .venv/bin/python scripts/score_features.py --model smollm2-135m --sae batchtopk-l15-8k --dtype bfloat16
 
 The model runs in bfloat16 by default (CPU AMX makes it ~4x faster than float32 here; the
 scores rank features, so bf16 logits are precise enough); pass --dtype float32 for exact

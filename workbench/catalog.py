@@ -22,7 +22,7 @@ from workbench.errors import UnknownNameError
 from workbench.paths import data_dir
 
 # The SAE the app opens with, per model.
-DEFAULT_SAES = {"smollm2-135m": "topk-l15-8k"}
+DEFAULT_SAES = {"smollm2-135m": "batchtopk-l15-8k"}
 
 
 @dataclass(frozen=True)

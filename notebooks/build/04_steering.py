@@ -213,7 +213,7 @@ print("steered: ", repr(w.vm.steered_text))"""),
     ("md", """## From the command line
 
 ```
-workbench steer --model smollm2-135m --sae topk-l15-8k --feature F --coef 4 \\
+workbench steer --model smollm2-135m --sae batchtopk-l15-8k --feature F --coef 4 \\
     --prompt "From my experience," --max-new-tokens 32 --positions all --json
 ```
 prints both continuations; with `--json` the last line is a JSON object with `baseline` and

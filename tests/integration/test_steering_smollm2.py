@@ -1,6 +1,6 @@
 """Steering on the real SmolLM2-135M with its registered layer-15 SAE (slow tier, kept short).
 
-Uses the shipped SAE (data/saes/smollm2-135m/topk-l15-8k, or the default of another root
+Uses the shipped SAE (data/saes/smollm2-135m/batchtopk-l15-8k, or the default of another root
 registered with WORKBENCH_SAE_DIRS). Without any registered SAE the test skips and says why
 (fails under CI=true).
 """

@@ -1,4 +1,4 @@
-"""Browser tests of the Features page on the shipped SAE of smollm2-135m (topk-l15-8k):
+"""Browser tests of the Features page on the shipped SAE of smollm2-135m (batchtopk-l15-8k):
 search a token, open a feature from the list, see its highlighted contexts; open a feature by
 URL, test it on your own text; bad input shows a message, never a stack trace."""
 
@@ -9,17 +9,17 @@ from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
-FEATURE_ROOT = "smollm2-135m/blocks.15.hook_resid_post/topk-l15-8k"
+FEATURE_ROOT = "smollm2-135m/blocks.15.hook_resid_post/batchtopk-l15-8k"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def shipped_store():
-    """The tests need topk-l15-8k and its feature store (data/, or $WORKBENCH_SAE_DIRS in development)."""
+    """The tests need batchtopk-l15-8k and its feature store (data/, or $WORKBENCH_SAE_DIRS in development)."""
     from workbench.catalog import list_saes
 
-    entries = [e for e in list_saes("smollm2-135m") if e.name == "topk-l15-8k"]
+    entries = [e for e in list_saes("smollm2-135m") if e.name == "batchtopk-l15-8k"]
     if not entries or not entries[0].feature_store.is_file():
-        message = ("NO FEATURE STORE: data/features/smollm2-135m/topk-l15-8k.sqlite is missing; build it with "
+        message = ("NO FEATURE STORE: data/features/smollm2-135m/batchtopk-l15-8k.sqlite is missing; build it with "
                    "scripts/build_feature_stores.py")
         if os.environ.get("CI") == "true":
             pytest.fail(message)
@@ -30,7 +30,7 @@ def test_search_a_token_open_a_feature_see_its_contexts(page, app_url):
     failed = []
     page.on("requestfailed", lambda request: failed.append(request.url))
     page.goto(app_url + "?page=features", wait_until="networkidle")
-    expect(page.get_by_text("latents of topk-l15-8k").first).to_be_visible(timeout=90000)
+    expect(page.get_by_text("latents of batchtopk-l15-8k").first).to_be_visible(timeout=90000)
     box = page.get_by_placeholder("a token", exact=False)
     box.fill(" Python")
     box.press("Enter")

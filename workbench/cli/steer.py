@@ -1,6 +1,6 @@
 """`workbench steer`: baseline and steered continuations of a prompt, from one call.
 
-    workbench steer --model smollm2-135m --sae topk-l15-8k --feature 190 --coef 2 \\
+    workbench steer --model smollm2-135m --sae batchtopk-l15-8k --feature 190 --coef 2 \\
         --prompt "From my experience," --max-new-tokens 32 [--positions all|from:P|generated] [--json]
 
 --sae is a registered SAE name of the model or an SAE folder. Features are added along

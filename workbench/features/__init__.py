@@ -1,8 +1,8 @@
 """Features: harvest what each SAE latent responds to into a SQLite store, and query it.
 
     from workbench.features import HarvestConfig, harvest, FeatureStore, open_store
-    harvest(model, sae, "feats.sqlite", HarvestConfig(n_tokens=200_000), sae_name="topk-l15-8k")
-    store = open_store("smollm2-135m", "topk-l15-8k")       # a registered SAE's store
+    harvest(model, sae, "feats.sqlite", HarvestConfig(n_tokens=200_000), sae_name="batchtopk-l15-8k")
+    store = open_store("smollm2-135m", "batchtopk-l15-8k")       # a registered SAE's store
     card = store.card(123)
 
 Modules:

@@ -1,7 +1,7 @@
 """Harvest: run SAEs over corpus activations and record what each latent responds to.
 
     from workbench.features import HarvestConfig, harvest
-    summary = harvest(model, sae, "feats.sqlite", HarvestConfig(n_tokens=200_000), sae_name="topk-l15-8k")
+    summary = harvest(model, sae, "feats.sqlite", HarvestConfig(n_tokens=200_000), sae_name="batchtopk-l15-8k")
 
 One forward per batch of contexts reads the SAEs' input sites (stopping at the last of
 them), each SAE encodes its site, and a `FeatureAccumulator` per SAE folds the codes in

@@ -1,6 +1,6 @@
 """`FeatureStore`: read a harvested feature store (schema.py) and answer the card queries.
 
-    store = FeatureStore("data/features/smollm2-135m/topk-l15-8k.sqlite", model="smollm2-135m")
+    store = FeatureStore("data/features/smollm2-135m/batchtopk-l15-8k.sqlite", model="smollm2-135m")
     card = store.card(123)              # everything a dashboard shows, in one call (~ms)
     store.list_features(sort_by="density", limit=50)
     store.set_scores("output_score", scores)   # steering scores, [d_sae]
