@@ -316,6 +316,10 @@ def kl_finetune_all(result, model, tokens, args, device):
         start = time.perf_counter()
         ft = kl_finetune(sae, model, tokens, cfg, progress=False)
         summary = finetune_summary(ft)
+        if ft.threshold is not None:  # BatchTopK: kl_finetune re-set it on 256 training contexts
+            summary["threshold_before_after"] = list(ft.threshold)
+            log(f"{name}: inference threshold re-set after the KL fine-tune, {ft.threshold[0]:.4g} -> "
+                f"{ft.threshold[1]:.4g}")
         summary.update({"lr": args.kl_lr, "batch_contexts": args.kl_batch, "mse_coef": args.kl_mse_coef,
                         "contexts_seen": steps * args.kl_batch, "seconds": time.perf_counter() - start})
         sae.metadata.setdefault("training", {})["kl_finetune"] = summary
@@ -323,27 +327,6 @@ def kl_finetune_all(result, model, tokens, args, device):
             f"KL {summary['kl_first']:.4f} -> {summary['kl_last']:.4f}, batch FVU {summary['fvu_first']:.4f} -> "
             f"{summary['fvu_last']:.4f}")
     return before
-
-
-def recalibrate_thresholds(result, model, tokens, args, n_contexts: int = 256) -> None:
-    """BatchTopK's inference threshold from the fine-tuned weights: the KL fine-tune trains
-    with the batch rule and moves the weights, so the threshold set at the end of MSE
-    training would no longer keep k latents per token on average. Re-set on the raw
-    activations (the weights are folded by now) of the first n_contexts training contexts."""
-    import torch
-
-    targets = {name: sae for name, sae in result.saes.items() if hasattr(sae, "calibrate_threshold")}
-    if not targets:
-        return
-    ids = tokens[:n_contexts].to(model.device)
-    sites = sorted({sae.cfg.site for sae in targets.values()})
-    with torch.no_grad():
-        reads = model.read_sites(ids, torch.ones_like(ids), sites)
-        for name, sae in targets.items():
-            rows = reads[sae.cfg.site][:, 1:].reshape(-1, sae.cfg.d_in).float()
-            before = float(sae.threshold)
-            after = sae.calibrate_threshold(rows)
-            log(f"{name}: inference threshold re-set after the KL fine-tune, {before:.4g} -> {after:.4g}")
 
 
 # ---------------------------------------------------------------------- evaluation and packing
@@ -503,7 +486,6 @@ def main(argv=None) -> int:
     before_finetune = {}
     if args.kl_finetune_seconds > 0 or args.kl_steps:
         before_finetune = kl_finetune_all(result, model, tokens, args, device)
-        recalibrate_thresholds(result, model, tokens, args)
     saes_dir = out / "saes" / args.model
     evals = evaluate_and_save(result, model, held_out, args, saes_dir)
     evals_before = evaluate_before_finetune(before_finetune, model, held_out, args, out / "mse_only")

@@ -79,3 +79,22 @@ def test_bad_input_is_refused_with_a_clear_message(setup, tiny_bert):
                            transcoder=True, d_out=model.d_model)
     with pytest.raises(WorkbenchError, match="transcoder"):
         kl_finetune(create_sae(transcoder), model, tokens, FinetuneConfig(steps=1), progress=False)
+
+
+def test_batchtopk_threshold_is_reset_after_the_fine_tune(setup):
+    """The fine-tune trains BatchTopK with the batch rule; afterwards the inference threshold
+    must again keep k latents per token on average on the calibration contexts."""
+    model, _, tokens = setup
+    with torch.no_grad():
+        acts = model.read_sites(tokens, torch.ones_like(tokens), [SITE])[SITE][:, 1:]
+    rows = acts.reshape(-1, acts.shape[-1]).float()
+    cfg = SaeConfig("batchtopk", model.d_model, 4 * model.d_model, k=3, site=SITE)
+    tc = TrainConfig(total_tokens=20 * 256, batch_size=256, lr=3e-3, progress=False, init_tokens=1024)
+    sae = train_saes(cfg, tc, TensorSource({SITE: rows})).saes[""]
+    result = kl_finetune(sae, model, tokens[:80], FinetuneConfig(steps=30, batch_contexts=16, lr=3e-3,
+                                                                 calibration_contexts=40), progress=False)
+    before, after = result.threshold
+    assert after == pytest.approx(float(sae.threshold)) and after != before
+    calibration = rows[: 40 * 23]  # the first 40 contexts, position 0 dropped
+    l0 = (sae.encode(calibration) != 0).sum(-1).float().mean()
+    assert abs(float(l0) - 3.0) < 0.1, float(l0)

@@ -43,6 +43,9 @@ class FinetuneConfig:
     lr: float = 5e-5
     mse_coef: float = 1.0
     seed: int = 0
+    calibration_contexts: int = 256
+    """SAEs with an inference threshold (BatchTopK) get it re-set at the end on the
+    activations of the first this-many contexts of `tokens` (see kl_finetune)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_contexts < 1:
@@ -66,6 +69,8 @@ class FinetuneConfig:
 class FinetuneResult:
     steps: int
     history: list[dict[str, float]] = field(default_factory=list)
+    threshold: tuple[float, float] | None = None
+    """(before, after) the re-set of a BatchTopK SAE's inference threshold; None for others."""
 
 
 @contextlib.contextmanager
@@ -177,7 +182,21 @@ def kl_finetune(
         for p in frozen:
             p.requires_grad_(True)
         sae.eval()
+    if hasattr(sae, "calibrate_threshold"):
+        result.threshold = _recalibrate_threshold(sae, model, tokens, cfg.calibration_contexts, start)
     return result
+
+
+@torch.no_grad()
+def _recalibrate_threshold(sae, model, tokens: torch.Tensor, n_contexts: int, start: int) -> tuple[float, float]:
+    """A BatchTopK SAE trains with the batch rule and infers with one threshold; the fine-tune
+    moved its weights, so the threshold set after MSE training no longer keeps k latents per
+    token on average. Re-set it on these contexts' activations (positions from `start`)."""
+    ids = tokens[:max(1, n_contexts)].to(model.device)
+    acts = model.read_sites(ids, torch.ones_like(ids), [sae.cfg.site])[sae.cfg.site][:, start:]
+    before = float(sae.threshold)
+    after = sae.calibrate_threshold(acts.reshape(-1, sae.cfg.d_in).to(sae.W_dec.device).float())
+    return before, after
 
 
 def finetune_summary(result: FinetuneResult, window: int = 20) -> dict[str, Any]:
