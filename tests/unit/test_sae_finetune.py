@@ -16,18 +16,23 @@ from workbench.sae.train import TrainConfig, train_saes
 SITE = "blocks.1.hook_resid_post"
 
 
+def rough_sae(model, tokens, architecture: str, k: int):
+    """(a deliberately rough SAE: 20 steps, so that the splice costs a visible KL, its training
+    rows [n_ctx * (T - 1), d]: position 0 dropped)."""
+    with torch.no_grad():
+        acts = model.read_sites(tokens, torch.ones_like(tokens), [SITE])[SITE][:, 1:]
+    rows = acts.reshape(-1, acts.shape[-1]).float()
+    cfg = SaeConfig(architecture, model.d_model, 4 * model.d_model, k=k, site=SITE)
+    tc = TrainConfig(total_tokens=20 * 256, batch_size=256, lr=3e-3, progress=False, init_tokens=1024)
+    return train_saes(cfg, tc, TensorSource({SITE: rows})).saes[""], rows
+
+
 @pytest.fixture(scope="module")
 def setup(tiny_llama):
     model = tiny_llama
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(5, model.vocab_size, (96, 24), generator=g)
-    with torch.no_grad():
-        acts = model.read_sites(tokens, torch.ones_like(tokens), [SITE])[SITE][:, 1:]
-    rows = acts.reshape(-1, acts.shape[-1]).float()
-    # a deliberately rough SAE (k=2, 20 steps), so that the splice costs a visible KL
-    cfg = SaeConfig("topk", model.d_model, 4 * model.d_model, k=2, site=SITE)
-    tc = TrainConfig(total_tokens=20 * 256, batch_size=256, lr=3e-3, progress=False, init_tokens=1024)
-    sae = train_saes(cfg, tc, TensorSource({SITE: rows})).saes[""]
+    sae, _ = rough_sae(model, tokens, "topk", k=2)
     return model, sae, tokens
 
 
@@ -85,12 +90,7 @@ def test_batchtopk_threshold_is_reset_after_the_fine_tune(setup):
     """The fine-tune trains BatchTopK with the batch rule; afterwards the inference threshold
     must again keep k latents per token on average on the calibration contexts."""
     model, _, tokens = setup
-    with torch.no_grad():
-        acts = model.read_sites(tokens, torch.ones_like(tokens), [SITE])[SITE][:, 1:]
-    rows = acts.reshape(-1, acts.shape[-1]).float()
-    cfg = SaeConfig("batchtopk", model.d_model, 4 * model.d_model, k=3, site=SITE)
-    tc = TrainConfig(total_tokens=20 * 256, batch_size=256, lr=3e-3, progress=False, init_tokens=1024)
-    sae = train_saes(cfg, tc, TensorSource({SITE: rows})).saes[""]
+    sae, rows = rough_sae(model, tokens, "batchtopk", k=3)
     result = kl_finetune(sae, model, tokens[:80], FinetuneConfig(steps=30, batch_contexts=16, lr=3e-3,
                                                                  calibration_contexts=40), progress=False)
     before, after = result.threshold
