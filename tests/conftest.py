@@ -23,6 +23,8 @@ warnings.filterwarnings("ignore", message=".*which nnsight already serves.*")
 
 import pytest  # noqa: E402
 
+from tests.missing_inputs import skip_or_fail  # noqa: E402
+
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -70,10 +72,7 @@ def browser_type_launch_args(browser_type_launch_args):
     if executable is None:
         message = ("NO BROWSER: Debian's chromium is not installed, so the browser tests cannot run "
                    "(`make test` installs it when run as root)")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        warnings.warn(message)
-        pytest.skip(message)
+        skip_or_fail(message, warn=True)
     return {**browser_type_launch_args, "executable_path": executable, "args": CHROMIUM_ARGS}
 
 

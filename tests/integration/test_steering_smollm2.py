@@ -5,12 +5,11 @@ registered with WORKBENCH_SAE_DIRS). Without any registered SAE the test skips a
 (fails under CI=true).
 """
 
-import os
-
 import pytest
 import torch
 
 from tests.conftest import cached_model
+from tests.missing_inputs import skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +26,7 @@ def model_and_sae():
     if entry is None:
         message = ("NO SAE registered for smollm2-135m: data/saes/smollm2-135m/ is missing; restore it or set "
                    "WORKBENCH_SAE_DIRS to a root holding smollm2-135m/<sae>/")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message)
     return model, open_sae(model, entry.name)[1]
 
 

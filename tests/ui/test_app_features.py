@@ -2,10 +2,10 @@
 search a token, open a feature from the list, see its highlighted contexts; open a feature by
 URL, test it on your own text; bad input shows a message, never a stack trace."""
 
-import os
-
 import pytest
 from playwright.sync_api import expect
+
+from tests.missing_inputs import skip_or_fail
 
 pytestmark = [pytest.mark.ui, pytest.mark.slow]
 
@@ -21,9 +21,7 @@ def shipped_store():
     if not entries or not entries[0].feature_store.is_file():
         message = ("NO FEATURE STORE: data/features/smollm2-135m/batchtopk-l15-8k.sqlite is missing; build it with "
                    "scripts/build_feature_stores.py")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message)
 
 
 def test_search_a_token_open_a_feature_see_its_contexts(page, app_url):

@@ -99,16 +99,15 @@ def sparse_decode(
         torch.is_grad_enabled()
         and (acts.requires_grad or W_dec.requires_grad or (b_dec is not None and b_dec.requires_grad))
     ) and not torch.compiler.is_compiling()
+    backend = _resolve("sparse_decode", acts.device.type, acts.dtype)
     module = _modules.get("decode")
-    if no_grad and module is not None and module._LEAN_PLANS and not tuning_forced():
+    if backend == "triton" and no_grad and module is not None and module._LEAN_PLANS and not tuning_forced():
         # A repeat of a signature already checked and launched (one-token inspection): its plan
         # skips the checks below, which the same shapes, strides, dtypes and devices passed.
-        if _resolve("sparse_decode", acts.device.type, acts.dtype) == "triton":
-            out = module.lean_decode(module.lean_signature(acts, indices, W_dec, b_dec), acts, indices, W_dec, b_dec)
-            if out is not None:
-                return out
+        out = module.lean_decode(module.lean_signature(acts, indices, W_dec, b_dec), acts, indices, W_dec, b_dec)
+        if out is not None:
+            return out
     _check_decode_inputs(acts, indices, W_dec, b_dec)
-    backend = _resolve("sparse_decode", acts.device.type, acts.dtype)
     if backend == "triton":
         if no_grad:
             # The lean path: no custom-op or autograd boundary (one-token latency).

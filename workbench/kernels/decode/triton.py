@@ -346,34 +346,6 @@ def lean_decode(signature: tuple, acts, indices, W_dec, b_dec) -> torch.Tensor |
     return out
 
 
-def _store_lean_plan(acts, indices, W_dec, b_dec) -> None:
-    """After a decode_forward of few rows: keep its plan if the call went through a verified
-    direct launch of the slots kernel with the tuner's settled config."""
-    n_rows, k = acts.shape
-    n_latents, width = W_dec.shape
-    if not (0 < n_rows <= FEW_ROWS and 0 < k < dense.DENSE_MIN_K and width > 0) or len(_LEAN_PLANS) >= _LEAN_MAX_PLANS:
-        return
-    if acts.device.type != "cuda" or interpreting() or tuning_forced():
-        return
-    dtypes = (acts.dtype, indices.dtype, W_dec.dtype, (b_dec if b_dec is not None else acts).dtype, acts.dtype)
-    config = GATHER_SLOTS.chosen.get((bucket(n_rows), k, width, bucket(n_latents)) + dtypes)
-    if config is None:
-        return
-    entry = _SLOTS_LAUNCH.verified_entry(dtypes + (b_dec is not None, acts.device.index, id(config)))
-    if entry is None:
-        return
-    compiled, tail = entry
-    meta, _ = launch_args(config)
-    bias_stride = b_dec.stride(0) if b_dec is not None else width  # never read without a bias
-    ints = (k, n_latents, width, *acts.stride(), *indices.stride(), *W_dec.stride(), bias_stride, width, 1)
-    if max(ints) >= 2**31 or min(ints) < 0:
-        return
-    grid = (n_rows, triton.cdiv(width, meta["BLOCK_D"]), 1)
-    _LEAN_PLANS[lean_signature(acts, indices, W_dec, b_dec)] = (
-        compiled, grid, ints, tail, (n_rows, width), acts.device.index)
-_sm_counts: dict[int, int] = {}
-
-
 def _programs(device: torch.device, per_sm: int | None, n_items: int) -> int:
     """Grid size of a persistent launch: per_sm programs per multiprocessor, at most one per item."""
     if per_sm is None:
@@ -395,11 +367,14 @@ def gather_sum(
     bias: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
     config: dict | None = None,
+    plan_signature: tuple | None = None,
 ) -> torch.Tensor:
     """out[n] = sum_j coefs[n, j] * table[indices[n, j]] (+ bias): [N, k] x [M, D] -> [N, D] in out_dtype.
 
     Any strides; fp32 accumulation; out_dtype defaults to coefs' dtype. `config` (a tiles
     kernel config) bypasses the tuner and the other routes (the benchmark's naive baseline).
+    `plan_signature` (decode_forward's lean_signature): store a one-token plan under it when
+    the call ran a verified direct launch of the slots kernel.
     """
     n_rows, k = coefs.shape
     n_latents, width = table.shape
@@ -412,13 +387,13 @@ def gather_sum(
     if n_rows == 0 or width == 0:
         return out
     if n_rows <= FEW_ROWS and config is None:
-        _gather_slots(coefs, indices, table, bias, out)
+        _gather_slots(coefs, indices, table, bias, out, plan_signature if k < dense.DENSE_MIN_K else None)
     else:
         _gather_tiles(coefs, indices, table, bias, out, config)
     return out
 
 
-def _gather_slots(coefs, indices, table, bias, out) -> None:
+def _gather_slots(coefs, indices, table, bias, out, plan_signature: tuple | None = None) -> None:
     n_rows, k = coefs.shape
     n_latents, width = table.shape
     bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
@@ -437,7 +412,14 @@ def _gather_slots(coefs, indices, table, bias, out) -> None:
             _gather_slots_kernel[grid](*args, **meta, **options)
 
     key = (bucket(n_rows), k, width, bucket(n_latents)) + dtypes[:5]
-    launch(GATHER_SLOTS.pick(key, coefs.device, launch, outputs=lambda: (out,)))
+    config = GATHER_SLOTS.pick(key, coefs.device, launch, outputs=lambda: (out,))
+    launch(config)
+    if plan_signature is not None and direct and len(_LEAN_PLANS) < _LEAN_MAX_PLANS and not tuning_forced():
+        entry = _SLOTS_LAUNCH.verified_entry(dtypes + (id(config),))
+        if entry is not None:
+            compiled, tail = entry
+            grid = (n_rows, triton.cdiv(width, launch_args(config)[0]["BLOCK_D"]), 1)
+            _LEAN_PLANS[plan_signature] = (compiled, grid, args[5:], tail, (n_rows, width), out.device.index)
 
 
 def _gather_tiles(coefs, indices, table, bias, out, config) -> None:
@@ -587,10 +569,9 @@ def decode_forward(
     acts: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None
 ) -> torch.Tensor:
     """Triton twin of reference.decode_forward: [N, k], [N, k], [d_sae, d_out], [d_out]? -> [N, d_out]."""
-    out = gather_sum(acts, indices, W_dec, b_dec, out_dtype=acts.dtype)
-    if acts.shape[0] <= FEW_ROWS:
-        _store_lean_plan(acts, indices, W_dec, b_dec)
-    return out
+    few = acts.shape[0] <= FEW_ROWS and acts.device.type == "cuda" and not interpreting()
+    signature = lean_signature(acts, indices, W_dec, b_dec) if few else None
+    return gather_sum(acts, indices, W_dec, b_dec, out_dtype=acts.dtype, plan_signature=signature)
 
 
 def decode_backward(

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from workbench.kernels import _interpreter
 from workbench.kernels.rows.reference import EPS
-from workbench.kernels.tuning import Tuner, launch_args
+from workbench.kernels.tuning import Tuner, bucket, launch_args
 
 _interpreter.install()
 
@@ -69,7 +69,8 @@ def _launch(grad: torch.Tensor | None, weight: torch.Tensor, normalize: bool) ->
         return
     target = weight if normalize else grad
     grad_arg = weight if grad is None else grad  # never read when normalising
-    before = target.clone() if weight.device.type == "cuda" and ROW_UPKEEP.chosen.get(_key(weight, normalize)) is None else None
+    key = (bucket(n_rows), width, weight.dtype, normalize)
+    before = target.clone() if weight.device.type == "cuda" and ROW_UPKEEP.chosen.get(key) is None else None
 
     def launch(config: dict):
         if before is not None:
@@ -79,13 +80,7 @@ def _launch(grad: torch.Tensor | None, weight: torch.Tensor, normalize: bool) ->
         _row_upkeep_kernel[grid](grad_arg, weight, n_rows, width, *grad_arg.stride(), *weight.stride(), EPS,
                                  NORMALIZE=normalize, **meta, **options)
 
-    launch(ROW_UPKEEP.pick(_key(weight, normalize), weight.device, launch, outputs=lambda: (target,)))
-
-
-def _key(weight: torch.Tensor, normalize: bool) -> tuple:
-    from workbench.kernels.tuning import bucket
-
-    return (bucket(weight.shape[0]), weight.shape[1], weight.dtype, normalize)
+    launch(ROW_UPKEEP.pick(key, weight.device, launch, outputs=lambda: (target,)))
 
 
 def remove_parallel_component_(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
