@@ -23,8 +23,31 @@ POSITION_LABELS = {
 }
 
 
+def _url_feature() -> str:
+    """The `?feature=` of this session's URL ('' without one)."""
+    location = pn.state.location
+    return (location.query_params.get("feature") if location is not None else None) or ""
+
+
+def _sae_name_of(feature_id: str) -> str | None:
+    from workbench.catalog import parse_feature_id
+    from workbench.errors import WorkbenchError
+
+    try:
+        return parse_feature_id(feature_id)[2]
+    except WorkbenchError:
+        return None  # reported by the open in on_load
+
+
 def build(context: AppContext) -> pn.viewable.Viewable:
     vm = SteeringViewModel(context.model)
+    url_feature = _url_feature()
+    url_sae = _sae_name_of(url_feature)
+    if url_sae in vm.param.sae_name.objects:
+        # The URL's SAE is chosen before the page reaches the browser. Set only once the page
+        # has loaded, the SAE select's first value from the browser could arrive after it and
+        # switch the SAE back, clearing the feature (seen once in a full browser-test run).
+        vm.sae_name = url_sae
     prompt = pn.widgets.TextAreaInput(name="Prompt", value=vm.prompt, max_length=MAX_PROMPT_CHARS, height=70,
                                       sizing_mode="stretch_width")
     sae = pn.widgets.Select(name="SAE", options=list(vm.param.sae_name.objects), value=vm.sae_name, width=220)
@@ -160,9 +183,7 @@ def build(context: AppContext) -> pn.viewable.Viewable:
     render_features()
 
     async def on_load() -> None:
-        location = pn.state.location
-        feature_id = (location.query_params.get("feature") if location is not None else None) or ""
-        if feature_id and await run(lambda: vm.open_feature_id(feature_id), "Opening feature"):
+        if url_feature and await run(lambda: vm.open_feature_id(url_feature), "Opening feature"):
             sae.value = vm.sae_name
             render_features()
 
