@@ -5,6 +5,8 @@
 
 What it measures, in one process, after checking each op's output before timing it:
 - ceilings: device-to-device copy bandwidth (bytes read + written) and a bf16 matmul rate;
+  the SMs' read rates from L2 and from HBM (bench/l2_probe.py), and from the L2 rate the
+  bound it puts on the decode forward at the goal shape;
 - decode forward, y = sum_j a[n,j] W[idx[n,j]]: ours (slots in ascending latent order, as
   topk_encode returns them, and in random order), the dense product z @ W with z [N, d_sae],
   F.embedding_bag, and a naive Triton gather (our kernel with one program per token x 512
@@ -79,7 +81,7 @@ class Bench:
                 "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
             },
             "notes": "times in ms (medians, p10/p90); floor_fraction = floor time / measured time",
-            "ceilings": {}, "checks": [], "decode_forward": [], "decode_backward": [], "latency_n1": [],
+            "ceilings": {}, "read_ceilings": {}, "checks": [], "decode_forward": [], "decode_backward": [], "latency_n1": [],
             "topk_select": [], "encode": [], "aux_decode": {}, "l2_gather_ceiling": {}, "tuning": {}, "goals": {},
             "errors": [], "skipped": [],
         }
@@ -188,6 +190,18 @@ def ceilings(b: Bench) -> None:
     b.record["ceilings"] = {"copy_GBps": round(b.copy_bw / 1e9, 1), "copy_ms": t, "bf16_matmul_TFLOPs": round(b.mm_rate / 1e12, 1),
                             "matmul_shape": [size, size, size], "matmul_ms": tm}
     print(f"   copy {b.copy_bw / 1e12:.2f} TB/s, bf16 matmul {b.mm_rate / 1e12:.0f} TFLOP/s", flush=True)
+
+
+def read_ceilings(b: Bench) -> None:
+    """The SMs' read rates from L2 and from HBM (bench/l2_probe.py): what bounds a gather."""
+    if b.smoke:
+        b.record["read_ceilings"] = {"skipped": "GPU only (a compiled streaming kernel)"}
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from l2_probe import read_ceilings as probe
+
+    b.record["read_ceilings"] = result = probe(b.time_ms)
+    print(f"   reads from L2 {result['l2_read_TBps']:.2f} TB/s, from HBM {result['hbm_read_TBps']:.2f} TB/s", flush=True)
 
 
 def decode_forward_case(b: Bench, n_rows, k, n_latents, width, methods, tag="sweep", weight_dtype=torch.bfloat16):
@@ -549,6 +563,15 @@ def goals(b: Bench) -> None:
         result["G1_decode_fwd_N4096_x_dense"] = {"value": fwd4k["x_dense"], "target": 20, "met": fwd4k["x_dense"] >= 20,
                                                  "x_naive_gather": naive / fwd4k["ms"]["ours"]["ms"] if naive else None,
                                                  "floor_fraction": fwd4k["floor_fraction"]}
+        l2_rate = b.record.get("read_ceilings", {}).get("l2_read_TBps")
+        if l2_rate:
+            # Every (token, slot) segment crosses from L2 to an SM once: the bound when all
+            # repeats are L2 hits and the HBM reads overlap completely.
+            gathered = fwd4k["N"] * fwd4k["k"] * fwd4k["d_in"] * 2
+            bound_ms = gathered / (l2_rate * 1e12) * 1e3
+            result["G1_decode_fwd_N4096_x_dense"].update(
+                l2_read_bound_ms=bound_ms, l2_read_bound_x_dense=fwd4k["ms"]["dense"]["ms"] / bound_ms,
+                fraction_of_l2_read_bound=bound_ms / fwd4k["ms"]["ours"]["ms"])
     if fwd16k:
         result["G2_decode_fwd_N16384_x_dense"] = {"value": fwd16k["x_dense"], "target": 40, "met": fwd16k["x_dense"] >= 40,
                                                   "floor_fraction": fwd16k["floor_fraction"]}
@@ -606,6 +629,9 @@ def print_table(b: Bench) -> None:
         print(f"N=1 {row['method']:<30} {row['event_ms']['ms'] * 1e3:8.2f} us (events)  {row['host_loop_us_per_call']:8.2f} us/call (host loop)")
     for name, goal in r["goals"].items():
         print(f"{name}: {goal['value']:.2f} (target {goal['target']}) {'MET' if goal['met'] else 'not met'}")
+        if "l2_read_bound_x_dense" in goal:
+            print(f"   bound from the L2 read rate: {goal['l2_read_bound_ms']:.3f} ms = {goal['l2_read_bound_x_dense']:.1f}x dense; "
+                  f"ours reaches {goal['fraction_of_l2_read_bound']:.2f} of it")
     print(f"errors: {len(r['errors'])}  skipped sweep shapes: {len(r['skipped'])}  elapsed {r.get('elapsed_s')} s  -> {b.out_path}")
 
 
@@ -625,6 +651,7 @@ def main() -> None:
         args.name = "kernels-" + ("h200" if "H200" in gpu else "".join(c if c.isalnum() else "-" for c in gpu.lower())) + ".json"
     b = Bench(args)
     b.section("ceilings", lambda: ceilings(b))
+    b.section("read ceilings", lambda: read_ceilings(b))
     b.section("goal shapes (decode)", lambda: goal_shapes(b))
     b.section("top-k selection", lambda: topk_select(b))
     b.section("encoder", lambda: encode_case(b))

@@ -8,11 +8,13 @@
 2. Where the one-token decode's host time goes: host-loop microseconds per call of each
    piece of the no-grad path (allocation, signature, dispatch, the launcher itself).
 
-    python scripts/gpu/diagnose_kernels.py
+    python scripts/gpu/diagnose_kernels.py                  # both
+    python scripts/gpu/diagnose_kernels.py --latency-only   # only 2.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 import torch
@@ -107,16 +109,28 @@ def latency_report() -> None:
             "torch.add (one aten op, for scale)": lambda: torch.add(acts, 1),
         }
         if plan is not None:
-            compiled, grid, ints, tail, _, _ = plan
+            launch, function, coop, pdl, metadata, gx, gy, int_args, _, _ = plan
             stream = torch._C._cuda_getCurrentRawStream(0)
-            pieces["compiled.run alone (fixed out)"] = lambda: compiled.run(
-                grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
-                acts, idx, W, out, out, *ints, *tail)
+            ptrs = (acts.data_ptr(), idx.data_ptr(), W.data_ptr(), out.data_ptr(), out.data_ptr())
+            pieces["C launcher, pointers as ints (plan's call)"] = lambda: launch(
+                gx, gy, 1, stream, function, coop, pdl, None, None, metadata, None, None, None, *ptrs, *int_args)
+            pieces["C launcher, tensors (driver pointer checks)"] = lambda: launch(
+                gx, gy, 1, stream, function, coop, pdl, None, None, metadata, None, None, None,
+                acts, idx, W, out, out, *int_args)
+            entry = kernels._SLOTS_LAUNCH.verified_entry(next(iter(kernels._SLOTS_LAUNCH._verified)))
+            if entry is not None:
+                compiled, tail = entry
+                pieces["compiled.run (Python wrapper + C launcher)"] = lambda: compiled.run(
+                    gx, gy, 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                    acts, idx, W, out, out, *int_args)
+        pieces["acts.new_empty [1, 4096]"] = lambda: acts.new_empty((1, 4096))
+        pieces["4 x data_ptr()"] = lambda: (acts.data_ptr(), idx.data_ptr(), W.data_ptr(), out.data_ptr())
         for name, fn in pieces.items():
             print(f"  {name:<46} {host_loop_us(fn):7.2f} us/call", flush=True)
 
 
 if __name__ == "__main__":
     print(torch.cuda.get_device_name(), flush=True)
-    dots_report()
+    if "--latency-only" not in sys.argv:
+        dots_report()
     latency_report()

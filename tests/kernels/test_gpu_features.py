@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from workbench.errors import WorkbenchError
 from workbench.kernels import sparse_decode, use
 from workbench.kernels.decode import reference as decode_reference
 from workbench.kernels.tuning import force_config
@@ -65,8 +66,9 @@ def test_direct_launch_of_the_one_token_decode():
 
 
 def test_direct_launch_through_a_one_token_plan():
-    """A repeat one-token call goes through its stored plan and gives the regular launch's
-    bits; another stride (a non-contiguous view) or a bias gets its own plan, still right."""
+    """A repeat one-token call goes through its stored plan (Triton's C launcher, pointers as
+    ints) and gives the regular launch's bits; another stride (a non-contiguous view) or a
+    bias gets its own plan, still right; a CPU input does not reach the plan."""
     from workbench.kernels.decode import triton as decode_kernels
 
     generator = torch.Generator(device=CUDA).manual_seed(11)
@@ -85,6 +87,7 @@ def test_direct_launch_through_a_one_token_plan():
         with torch.no_grad(), use("triton"):
             for _ in range(3):  # compile, check the direct launch, store the plan
                 sparse_decode(acts, idx, W, bias)
+            assert not decode_kernels._lean_off, f"plans were switched off: {decode_kernels._lean_off}"
             assert signature in decode_kernels._LEAN_PLANS, f"{name}: no plan was stored"
             planned = decode_kernels.lean_decode(signature, acts, idx, W, bias)
             through_api = sparse_decode(acts, idx, W, bias)
@@ -93,3 +96,6 @@ def test_direct_launch_through_a_one_token_plan():
         assert torch.equal(through_api, regular), name
         want = decode_reference.decode_forward(acts, idx, W, bias).float()
         torch.testing.assert_close(through_api.float(), want, rtol=1.6e-2, atol=1e-2)
+    if CUDA.type == "cuda":
+        with torch.no_grad(), use("triton"), pytest.raises(WorkbenchError, match="one device"):
+            sparse_decode(acts.cpu(), idx, W)

@@ -15,6 +15,12 @@ same bits); a mismatch or an exception switches direct launches off for the proc
 with a warning. Under the Triton interpreter launches are always regular, and
 `WORKBENCH_KERNELS_DIRECT=0` in the environment turns direct launches off from the start
 (bench/gpu_kernels.sh sets it when its probe of this feature fails).
+
+`c_launcher` goes one step further for callers that store a whole launch plan (the
+one-token decode): Triton's Python wrapper around its C launcher allocates scratch buffers
+and builds a closure on every call, and the C launcher calls `data_ptr()` and the driver's
+`cuPointerGetAttribute` on every tensor argument. A plan that already knows every device
+can call the C function itself with its pointers as ints, which skips all of that.
 """
 
 from __future__ import annotations
@@ -84,3 +90,23 @@ class DirectLaunch:
         for hook in self.on_disable:
             hook()
         log.warning("kernels: direct launches of %s switched off (%s); using regular launches", self.kernel.fn.__name__, why)
+
+
+def c_launcher(compiled) -> tuple | None:
+    """(launch, function, cooperative, pdl, packed_metadata) of a compiled kernel, or None.
+
+    `launch(gridX, gridY, gridZ, stream, function, cooperative, pdl, None, None,
+    packed_metadata, None, None, None, *args)` is Triton's C launcher with no Python in
+    between; pointer arguments may be given as ints (device addresses). None when this
+    Triton build's launcher has another form or the kernel needs scratch buffers, which the
+    Python wrapper allocates: callers then keep the regular direct launch.
+    """
+    runner = compiled.run
+    launch = getattr(runner, "launch", None)
+    if launch is None or getattr(runner, "global_scratch_size", 1) or getattr(runner, "profile_scratch_size", 1):
+        return None
+    try:
+        return (launch, compiled.function, bool(runner.launch_cooperative_grid), bool(runner.launch_pdl),
+                compiled.packed_metadata)
+    except AttributeError:
+        return None

@@ -39,16 +39,19 @@ Every kernel overwrites its outputs completely, so the tuner may launch it repea
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import triton
 import triton.language as tl
 
 from workbench.kernels import _interpreter
 from workbench.kernels.decode import dense
-from workbench.kernels.launch import DirectLaunch
+from workbench.kernels.launch import DirectLaunch, c_launcher
 from workbench.kernels.tuning import Tuner, bucket, interpreting, launch_args, tuning_forced
 
 _interpreter.install()
+log = logging.getLogger("workbench.kernels")
 
 FEW_ROWS = 4
 """Up to this many rows the decode runs `_gather_slots_kernel` (latency), above it the tiles."""
@@ -60,7 +63,7 @@ def _gather_tiles_kernel(
     N, K, M, D, n_row_tiles, n_items,
     stride_cn, stride_ck, stride_in, stride_ik, stride_tm, stride_td, stride_b, stride_on, stride_od,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr,
-    STAGES: tl.constexpr = 1,
+    STAGES: tl.constexpr = 1, KEEP_TABLE: tl.constexpr = False,
 ):
     # Persistent: items item, item + programs, ... in column-block-major order.
     for item in tl.range(tl.program_id(0), n_items, tl.num_programs(0)):
@@ -78,9 +81,12 @@ def _gather_tiles_kernel(
                 latent = tl.load(idx_ptr + rows64 * stride_in + (j0 + u) * stride_ik, mask=slot_ok, other=0).to(tl.int64)
                 coef = tl.load(coef_ptr + rows64 * stride_cn + (j0 + u) * stride_ck, mask=slot_ok, other=0.0).to(tl.float32)
                 live = slot_ok & (coef != 0.0) & (latent >= 0) & (latent < M)
+                # KEEP_TABLE: rows stay in L2 ahead of the output lines, which are written
+                # once and never read back (so they go first), for more reuse of named rows.
                 w = tl.load(
                     table_ptr + latent[:, None] * stride_tm + cols[None, :] * stride_td,
                     mask=live[:, None] & col_ok[None, :], other=0.0,
+                    eviction_policy="evict_last" if KEEP_TABLE else "",
                 )
                 acc += coef[:, None] * w.to(tl.float32)
         if HAS_BIAS:
@@ -89,6 +95,7 @@ def _gather_tiles_kernel(
             out_ptr + rows64[:, None] * stride_on + cols[None, :] * stride_od,
             acc.to(out_ptr.dtype.element_ty),
             mask=row_ok[:, None] & col_ok[None, :],
+            eviction_policy="evict_first" if KEEP_TABLE else "",
         )
 
 
@@ -283,6 +290,10 @@ GATHER_TILES_LARGE = Tuner("gather_tiles_large", [
     dict(BLOCK_N=16, BLOCK_D=64, UNROLL=4, STAGES=3, per_sm=4, num_warps=4),
     dict(BLOCK_N=16, BLOCK_D=256, UNROLL=4, per_sm=None, num_warps=4),
     dict(BLOCK_N=16, BLOCK_D=512, UNROLL=2, per_sm=None, num_warps=8),
+    dict(BLOCK_N=4, BLOCK_D=128, UNROLL=16, per_sm=8, num_warps=4, KEEP_TABLE=True),
+    dict(BLOCK_N=8, BLOCK_D=128, UNROLL=8, per_sm=4, num_warps=4, KEEP_TABLE=True),
+    dict(BLOCK_N=4, BLOCK_D=256, UNROLL=16, per_sm=4, num_warps=8, KEEP_TABLE=True),
+    dict(BLOCK_N=2, BLOCK_D=128, UNROLL=32, per_sm=16, num_warps=4, KEEP_TABLE=True),
 ])
 GATHER_TILES_SMALL = Tuner("gather_tiles_small", [
     dict(BLOCK_N=4, BLOCK_D=128, UNROLL=8, per_sm=None, num_warps=4),
@@ -318,12 +329,17 @@ SCATTER_ROWS = Tuner("scatter_rows", [
 
 _SLOTS_LAUNCH = DirectLaunch(_gather_slots_kernel)
 
-# One-token plans: everything a no-grad decode of one call signature needs (the verified
-# compiled kernel, grid, integer arguments), so that a repeat call with the same shapes,
-# strides, dtypes and devices costs a dict lookup, an allocation and the C launcher.
+# One-token plans: everything a no-grad decode of one call signature needs (Triton's C
+# launcher of the verified compiled kernel, grid, integer arguments), so that a repeat call
+# with the same shapes, strides, dtypes and devices costs a dict lookup, an allocation and
+# one C call with the pointers as ints (launch.c_launcher: no Python wrapper, no driver
+# pointer query per argument).
 _LEAN_PLANS: dict[tuple, tuple] = {}
 _LEAN_MAX_PLANS = 256
 _SLOTS_LAUNCH.on_disable.append(_LEAN_PLANS.clear)
+_lean_off: list[str] = []
+"""Why plans were switched off for the process (empty while they are on)."""
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # absent from CPU-only builds
 
 
 def lean_signature(acts, indices, W_dec, b_dec) -> tuple:
@@ -338,12 +354,41 @@ def lean_decode(signature: tuple, acts, indices, W_dec, b_dec) -> torch.Tensor |
     plan = _LEAN_PLANS.get(signature)
     if plan is None:
         return None
-    compiled, grid, ints, tail, out_shape, device_index = plan
-    out = torch.empty(out_shape, dtype=acts.dtype, device=acts.device)
-    stream = torch._C._cuda_getCurrentRawStream(device_index)
-    compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
-                 acts, indices, W_dec, out if b_dec is None else b_dec, out, *ints, *tail)
+    launch, function, cooperative, pdl, metadata, grid_x, grid_y, int_args, out_size, device_index = plan
+    out = acts.new_empty(out_size)  # decode_forward's output dtype is acts' dtype
+    out_ptr = out.data_ptr()
+    launch(grid_x, grid_y, 1, _raw_stream(device_index), function, cooperative, pdl, None, None, metadata,
+           None, None, None, acts.data_ptr(), indices.data_ptr(), W_dec.data_ptr(),
+           out_ptr if b_dec is None else b_dec.data_ptr(), out_ptr, *int_args)
     return out
+
+
+def _store_plan(signature: tuple, compiled, grid: tuple, int_args: tuple, inputs: tuple, out: torch.Tensor) -> None:
+    """Store a one-token plan after checking that it writes the bits the regular launch wrote to `out`.
+
+    `inputs` = (acts, indices, W_dec, b_dec) of the call that just filled `out`. A plan that
+    raises or differs switches plans off for the process (with a warning); decodes then keep
+    the direct launch.
+    """
+    c_launch = c_launcher(compiled)
+    if c_launch is None:
+        _switch_plans_off("this Triton's launcher has another form")
+        return
+    _LEAN_PLANS[signature] = (*c_launch, grid[0], grid[1], int_args, tuple(out.shape), out.device.index)
+    try:
+        planned = lean_decode(signature, *inputs)
+        same = torch.equal(planned.view(torch.uint8), out.view(torch.uint8))  # bits: NaN-safe
+    except Exception as error:  # noqa: BLE001 (any launcher mismatch: keep the direct launch)
+        _switch_plans_off(f"{type(error).__name__}: {error}")
+        return
+    if not same:
+        _switch_plans_off("a planned launch wrote other bits than the regular launch")
+
+
+def _switch_plans_off(why: str) -> None:
+    _lean_off.append(why)
+    _LEAN_PLANS.clear()
+    log.warning("kernels: one-token decode plans switched off (%s); using direct launches", why)
 
 
 def _programs(device: torch.device, per_sm: int | None, n_items: int) -> int:
@@ -414,12 +459,13 @@ def _gather_slots(coefs, indices, table, bias, out, plan_signature: tuple | None
     key = (bucket(n_rows), k, width, bucket(n_latents)) + dtypes[:5]
     config = GATHER_SLOTS.pick(key, coefs.device, launch, outputs=lambda: (out,))
     launch(config)
-    if plan_signature is not None and direct and len(_LEAN_PLANS) < _LEAN_MAX_PLANS and not tuning_forced():
+    if (plan_signature is not None and direct and not _lean_off and len(_LEAN_PLANS) < _LEAN_MAX_PLANS
+            and not tuning_forced()):
         entry = _SLOTS_LAUNCH.verified_entry(dtypes + (id(config),))
         if entry is not None:
             compiled, tail = entry
-            grid = (n_rows, triton.cdiv(width, launch_args(config)[0]["BLOCK_D"]), 1)
-            _LEAN_PLANS[plan_signature] = (compiled, grid, args[5:], tail, (n_rows, width), out.device.index)
+            grid = (n_rows, triton.cdiv(width, launch_args(config)[0]["BLOCK_D"]))
+            _store_plan(plan_signature, compiled, grid, args[5:] + tail, (coefs, indices, table, bias), out)
 
 
 def _gather_tiles(coefs, indices, table, bias, out, config) -> None:
