@@ -230,7 +230,9 @@ def read_ceilings(b: Bench) -> None:
     from l2_probe import read_ceilings as probe
 
     b.record["read_ceilings"] = result = probe(b.time_ms)
-    print(f"   reads from L2 {result['l2_read_TBps']:.2f} TB/s, from HBM {result['hbm_read_TBps']:.2f} TB/s", flush=True)
+    print(f"   reads from L2 {result['l2_read_TBps']:.2f} TB/s, from HBM {result['hbm_read_TBps']:.2f} TB/s; random HBM "
+          "segments " + ", ".join(f"{r['segment_bytes']} B {r['TBps']:.2f}" for r in result["hbm_random_segments"]),
+          flush=True)
 
 
 def decode_forward_case(b: Bench, n_rows, k, n_latents, width, methods, tag="sweep", weight_dtype=torch.bfloat16):
@@ -368,12 +370,12 @@ def latency_n1(b: Bench) -> None:
             if name == "ours_no_grad" and torch.cuda.is_available():
                 from workbench.kernels.decode import triton as decode_kernels
 
-                signature = decode_kernels.lean_signature(acts, idx, W, None)
-                entry["one_token_plan"] = signature in decode_kernels._LEAN_PLANS
+                entry["one_token_plan"] = decode_kernels.lean_signature(acts, idx, W, None) in decode_kernels._LEAN_PLANS
                 entry["plans_off"] = list(decode_kernels._lean_off)
                 with grad_ctx:  # the plan alone, without the public function's checks and dispatch
                     entry["lean_decode_host_loop_us"] = b.host_loop_us(
-                        lambda: decode_kernels.lean_decode(signature, acts, idx, W, None))
+                        lambda: decode_kernels.lean_decode(acts, idx, W, None))
+                    entry["torch_add_host_loop_us"] = b.host_loop_us(lambda: torch.add(acts, 1))  # the host's speed
             b.record["latency_n1"].append(entry)
             print(f"   N=1 {name:<30} median {entry['event_ms']['ms'] * 1e3:8.2f} us   host loop "
                   f"{entry['host_loop_us_per_call']:8.2f} us/call", flush=True)
@@ -469,6 +471,8 @@ def tuning_report(b: Bench) -> None:
         report[tuner.name] = {
             "chosen": [{"key": str(key), "config": config} for key, config in tuner.chosen.items()],
             "rejected": [{"key": str(key), "configs": configs} for key, configs in tuner.rejected.items()],
+            "timed": [{"key": str(key), "ms": [{"config": config, "ms": ms} for config, ms in timed]}
+                      for key, timed in tuner.timings.items()],
         }
     from workbench.kernels.encode import select
 

@@ -9,7 +9,8 @@ loads, so L1 never serves them; each pass visits the chunks in a rotated order),
 them so the loads cannot be dropped. The first pass comes from HBM; the rate is taken from
 the difference between a long and a short run, so it counts only L2 hits. The same kernel
 over a buffer far larger than L2 gives the HBM read rate (read only, where the copy
-ceiling counts read + write).
+ceiling counts read + write), and reading random segments of 256 B to 8 KB of it, each
+once, shows how much of that a gather of short row segments can get from HBM.
 
     from bench.l2_probe import read_ceilings; read_ceilings(time_ms)   # time_ms(fn) -> {"ms": ...}
 """
@@ -33,6 +34,20 @@ def _stream_kernel(src_ptr, out_ptr, n_chunks, passes, CHUNK: tl.constexpr, UNRO
                 chunk = (c0 + u + p * 977) % n_chunks  # rotated per pass: no program rereads its own chunk
                 acc += tl.load(src_ptr + chunk.to(tl.int64) * CHUNK + offsets, cache_modifier=".cg").to(tl.float32)
     tl.store(out_ptr + pid * CHUNK + offsets, acc)
+
+
+@triton.jit
+def _segments_kernel(src_ptr, order_ptr, out_ptr, n_segments, SEGMENT: tl.constexpr, UNROLL: tl.constexpr):
+    # Segment order[s] of SEGMENT elements for s = pid, pid + programs, ...: every segment once, in random order.
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    offsets = tl.arange(0, SEGMENT)
+    acc = tl.zeros((SEGMENT,), dtype=tl.float32)
+    for s0 in range(pid * UNROLL, n_segments, programs * UNROLL):
+        for u in tl.static_range(UNROLL):
+            segment = tl.load(order_ptr + s0 + u).to(tl.int64)
+            acc += tl.load(src_ptr + segment * SEGMENT + offsets).to(tl.float32)
+    tl.store(out_ptr + pid * SEGMENT + offsets, acc)
 
 
 VARIANTS = [
@@ -75,8 +90,23 @@ def read_ceilings(time_ms, l2_mb: int = 16, hbm_mb: int = 2048) -> dict:
     for variant in VARIANTS[:3]:
         rate, times = _rate(time_ms, large, variant, (1, 3))
         rows.append({"buffer_MB": hbm_mb, **variant, "TBps": rate / 1e12, "ms": times})
+    segments = []
+    for segment_bytes in (256, 512, 1024, 2048, 8192):
+        # Random segments of a 1 GB buffer, each read once: what HBM gives a gather whose rows are
+        # not in L2 (the decode's first read of each named row segment).
+        segment = segment_bytes // large.element_size()
+        n_segments = large.numel() // segment
+        order = torch.randperm(n_segments, device=device, dtype=torch.int32)
+        unroll = max(1, 8192 // segment_bytes)
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        out = torch.empty(sms * 8, segment, device=device, dtype=torch.float32)
+        t = time_ms(lambda: _segments_kernel[(sms * 8,)](large, order, out, n_segments, SEGMENT=segment,
+                                                         UNROLL=unroll, num_warps=4))
+        segments.append({"segment_bytes": segment_bytes, "ms": t,
+                         "TBps": n_segments * segment_bytes / (t["ms"] * 1e-3) / 1e12})
     del large
     return {
+        "hbm_random_segments": segments,
         "l2_read_TBps": max(r["TBps"] for r in rows if r["buffer_MB"] == l2_mb),
         "hbm_read_TBps": max(r["TBps"] for r in rows if r["buffer_MB"] == hbm_mb),
         "variants": rows,

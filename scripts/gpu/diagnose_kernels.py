@@ -100,11 +100,13 @@ def latency_report() -> None:
         out = torch.empty(1, 4096, dtype=torch.bfloat16, device=CUDA)
         pieces = {
             "sparse_decode (public, whole call)": lambda: sparse_decode(acts, idx, W),
-            "lean_decode (plan lookup + empty + launch)": lambda: kernels.lean_decode(sig, acts, idx, W, None),
+            "lean_decode (signature, lookup, empty, launch)": lambda: kernels.lean_decode(acts, idx, W, None),
             "torch.empty [1, 4096] bf16 cuda": lambda: torch.empty((1, 4096), dtype=torch.bfloat16, device=CUDA),
             "torch.empty with acts.device": lambda: torch.empty((1, 4096), dtype=acts.dtype, device=acts.device),
             "lean_signature": lambda: kernels.lean_signature(acts, idx, W, None),
             "_resolve": lambda: _resolve("sparse_decode", "cuda", torch.bfloat16),
+            "no_grad test + is_compiling": lambda: not (torch.is_grad_enabled() and acts.requires_grad)
+            and not torch.compiler.is_compiling(),
             "getCurrentRawStream": lambda: torch._C._cuda_getCurrentRawStream(0),
             "torch.add (one aten op, for scale)": lambda: torch.add(acts, 1),
         }

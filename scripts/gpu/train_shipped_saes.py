@@ -451,7 +451,10 @@ def main(argv=None) -> int:
     torch.backends.cudnn.allow_tf32 = True
     import workbench as wb
     from workbench.atomic import write_json
+    from workbench.kernels import dispatch
     from workbench.sae import SaeConfig
+
+    dispatch.reset()  # $WORKBENCH_KERNELS is read once per process: take the value set above
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     capture_dtype = getattr(torch, args.model_dtype) if device.type == "cuda" else torch.float32

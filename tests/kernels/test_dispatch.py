@@ -57,8 +57,16 @@ def test_forcing_triton_where_it_cannot_run_warns_once_and_uses_the_reference():
     assert len(warnings) == 1, out
 
 
-def test_environment_variable_and_use_override_in_order(monkeypatch):
+@pytest.fixture
+def fresh_dispatch():
+    dispatch.reset()
+    yield
+    dispatch.reset()
+
+
+def test_environment_variable_and_use_override_in_order(monkeypatch, fresh_dispatch):
     monkeypatch.setenv("WORKBENCH_KERNELS", "reference")
+    dispatch.reset()
     assert dispatch.current_mode() == "reference"
     with use("triton"):
         assert dispatch.current_mode() == "triton"
@@ -66,7 +74,12 @@ def test_environment_variable_and_use_override_in_order(monkeypatch):
             assert dispatch.current_mode() == "auto"
         assert dispatch.current_mode() == "triton"
     assert dispatch.current_mode() == "reference"
+    monkeypatch.setenv("WORKBENCH_KERNELS", "triton")
+    assert dispatch.current_mode() == "reference", "read once: a later change needs reset()"
+    dispatch.reset()
+    assert dispatch.current_mode() == "triton"
     monkeypatch.setenv("WORKBENCH_KERNELS", "cuda-please")
+    dispatch.reset()
     with pytest.raises(UnknownNameError, match="expected one of: auto, reference, triton"):
         dispatch.current_mode()
     with pytest.raises(UnknownNameError):

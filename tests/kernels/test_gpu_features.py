@@ -89,7 +89,7 @@ def test_direct_launch_through_a_one_token_plan():
                 sparse_decode(acts, idx, W, bias)
             assert not decode_kernels._lean_off, f"plans were switched off: {decode_kernels._lean_off}"
             assert signature in decode_kernels._LEAN_PLANS, f"{name}: no plan was stored"
-            planned = decode_kernels.lean_decode(signature, acts, idx, W, bias)
+            planned = decode_kernels.lean_decode(acts, idx, W, bias)
             through_api = sparse_decode(acts, idx, W, bias)
         regular = decode_kernels.gather_sum(acts, idx, W, bias, out_dtype=acts.dtype)
         assert torch.equal(planned, regular), name

@@ -104,7 +104,7 @@ def sparse_decode(
     if backend == "triton" and no_grad and module is not None and module._LEAN_PLANS and not tuning_forced():
         # A repeat of a signature already checked and launched (one-token inspection): its plan
         # skips the checks below, which the same shapes, strides, dtypes and devices passed.
-        out = module.lean_decode(module.lean_signature(acts, indices, W_dec, b_dec), acts, indices, W_dec, b_dec)
+        out = module.lean_decode(acts, indices, W_dec, b_dec)
         if out is not None:
             return out
     _check_decode_inputs(acts, indices, W_dec, b_dec)

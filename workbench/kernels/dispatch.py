@@ -7,7 +7,9 @@ reference path (logged).
 
 Precedence, highest first:
 1. `with use("reference" | "triton" | "auto"):` (thread-local, nestable);
-2. the environment variable `WORKBENCH_KERNELS=reference|triton|auto`;
+2. the environment variable `WORKBENCH_KERNELS=reference|triton|auto`, read at the first
+   call that needs it (the environment lookup would cost about a microsecond on every
+   one-token call); `reset()` reads it again;
 3. auto: Triton on CUDA, the reference everywhere else.
 
 Triton runs on CPU tensors only through its interpreter (`TRITON_INTERPRET=1`, set before
@@ -41,6 +43,8 @@ _local = threading.local()
 _choices: dict[tuple, str] = {}
 _triton_status: dict[str, tuple[bool, str]] = {}
 _lock = threading.Lock()
+_env_mode: list[str] = []
+"""The mode $WORKBENCH_KERNELS names, once read (empty until then, and after reset())."""
 
 
 def _override_stack() -> list[str]:
@@ -61,11 +65,12 @@ def current_mode() -> str:
     stack = getattr(_local, "stack", None)
     if stack:
         return stack[-1]
-    env = os.environ.get(ENV_VAR)
-    if not env:
-        return "auto"
-    env = env.strip().lower()
-    return _check_mode(env, f"${ENV_VAR}") if env else "auto"
+    if _env_mode:
+        return _env_mode[0]
+    env = (os.environ.get(ENV_VAR) or "").strip().lower()
+    mode = _check_mode(env, f"${ENV_VAR}") if env else "auto"
+    _env_mode.append(mode)
+    return mode
 
 
 @contextlib.contextmanager
@@ -160,7 +165,9 @@ _resolve._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def reset() -> None:
-    """Forget cached choices and triton status (tests that change the environment use this)."""
+    """Forget cached choices, triton status and $WORKBENCH_KERNELS (read again at the next call);
+    code that changes the environment variable after a first call uses this."""
     with _lock:
         _choices.clear()
         _triton_status.clear()
+        _env_mode.clear()

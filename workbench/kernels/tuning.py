@@ -66,6 +66,8 @@ class Tuner:
     """key -> config picked so far in this process."""
     rejected: dict = field(default_factory=dict)
     """key -> configs whose outputs disagreed with the first candidate's (see `pick`)."""
+    timings: dict = field(default_factory=dict)
+    """key -> [(config, median ms)] of every candidate timed (for benchmark reports)."""
 
     def pick(
         self,
@@ -115,6 +117,7 @@ class Tuner:
                 log.info("kernels: %s config %s skipped for %s: %s", self.name, config, key, str(error).splitlines()[0][:200])
         if not timings:
             raise RuntimeError(f"no launch config of kernel {self.name} runs for shape key {key}")
+        self.timings[key] = [(config, ms) for ms, config in timings]
         best_ms, best = min(timings, key=lambda item: item[0])
         log.info("kernels: %s %s -> %s (%.4f ms)", self.name, key, best, best_ms)
         return best

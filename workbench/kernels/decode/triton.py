@@ -410,9 +410,9 @@ def lean_signature(acts, indices, W_dec, b_dec) -> tuple:
             indices.device, W_dec.shape, W_dec.stride(), W_dec.dtype, W_dec.device, bias)
 
 
-def lean_decode(signature: tuple, acts, indices, W_dec, b_dec) -> torch.Tensor | None:
-    """decode_forward through a stored plan; None when this signature has none (yet)."""
-    plan = _LEAN_PLANS.get(signature)
+def lean_decode(acts, indices, W_dec, b_dec) -> torch.Tensor | None:
+    """decode_forward through the stored plan of this call's lean_signature; None when it has none (yet)."""
+    plan = _LEAN_PLANS.get(lean_signature(acts, indices, W_dec, b_dec))
     if plan is None:
         return None
     launch, function, cooperative, pdl, metadata, grid_x, grid_y, int_args, out_size, device_index = plan
@@ -437,7 +437,7 @@ def _store_plan(signature: tuple, compiled, grid: tuple, int_args: tuple, inputs
         return
     _LEAN_PLANS[signature] = (*c_launch, grid[0], grid[1], int_args, tuple(out.shape), out.device.index)
     try:
-        planned = lean_decode(signature, *inputs)
+        planned = lean_decode(*inputs)
         same = torch.equal(planned.view(torch.uint8), out.view(torch.uint8))  # bits: NaN-safe
     except Exception as error:  # noqa: BLE001 (any launcher mismatch: keep the direct launch)
         _switch_plans_off(f"{type(error).__name__}: {error}")
