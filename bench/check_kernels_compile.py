@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="first config of each kernel only")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
     args = parser.parse_args()
-    kernels = [decode_kernels._gather_tiles_kernel, decode_kernels._gather_wide_kernel, decode_kernels._gather_slots_kernel,
+    kernels = [decode_kernels._gather_tiles_kernel, decode_kernels._gather_slots_kernel,
                decode_kernels._gather_dot_kernel, decode_kernels._scatter_rows_kernel,
                encode_kernels._transpose_cast_kernel, select_kernels._collect_candidates_kernel]
     recorders = {}

@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -384,6 +386,21 @@ def latency_n1(b: Bench) -> None:
                       f"{entry.get('lean_decode_host_loop_us', float('nan')):.2f} us/call", flush=True)
 
 
+def latency_fresh_process(b: Bench) -> None:
+    """The one-token figures again from a fresh process (bench/one_token_latency.py): this
+    process runs every small op slower after the sections before (see that script)."""
+    if b.smoke:
+        return
+    script = Path(__file__).resolve().parent / "one_token_latency.py"
+    done = subprocess.run([sys.executable, str(script), "--pieces"], capture_output=True, text=True, timeout=180)
+    if done.returncode != 0:
+        raise RuntimeError(f"{script.name} failed: {done.stderr[-2000:]}")
+    b.record["latency_n1_fresh_process"] = fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"   fresh process: sparse_decode {fresh['public_sparse_decode_us']:.2f} us/call, plan alone "
+          f"{fresh['lean_decode_us']:.2f}, torch.add {fresh['torch_add_us']:.2f}", flush=True)
+    print(done.stderr, end="", flush=True)
+
+
 def topk_select(b: Bench) -> None:
     from workbench.kernels.encode import triton as encode_kernels
 
@@ -624,10 +641,16 @@ def goals(b: Bench) -> None:
                                                      "bwd_over_own_fwd": bwd["ms"]["ours"]["ms"] / fwd4k["ms"]["ours"]["ms"] if fwd4k else None,
                                                      "floor_fraction": bwd["floor_fraction"]}
     lean = [r for r in b.record["latency_n1"] if r["method"] == "ours_no_grad"]
+    fresh = b.record.get("latency_n1_fresh_process")
     if lean:
-        us = lean[0]["host_loop_us_per_call"]
-        result["G3_decode_N1_us_including_dispatch"] = {"value": us, "target": 15, "met": us <= 15,
-                                                        "event_median_us": lean[0]["event_ms"]["ms"] * 1e3}
+        # The figure is the fresh process's (an interactive session); this process's is kept beside it.
+        in_process = lean[0]["host_loop_us_per_call"]
+        us = fresh["public_sparse_decode_us"] if fresh else in_process
+        result["G3_decode_N1_us_including_dispatch"] = {
+            "value": us, "target": 15, "met": us <= 15, "measured_in": "fresh process" if fresh else "this process",
+            "event_median_us": lean[0]["event_ms"]["ms"] * 1e3, "in_benchmark_process_us": in_process,
+            "torch_add_us": fresh["torch_add_us"] if fresh else lean[0].get("torch_add_host_loop_us"),
+            "torch_add_in_benchmark_process_us": lean[0].get("torch_add_host_loop_us")}
     b.record["goals"] = result
 
 
@@ -702,6 +725,7 @@ def main() -> None:
     b.section("AuxK decode", lambda: aux_decode(b))
     b.section("L2 gather ceiling", lambda: l2_gather_ceiling(b))
     b.section("one-token latency", lambda: latency_n1(b))
+    b.section("one-token latency, fresh process", lambda: latency_fresh_process(b))
     b.section("sweep", lambda: sweep(b))
     b.section("goals", lambda: goals(b))
     b.section("tuning", lambda: tuning_report(b))

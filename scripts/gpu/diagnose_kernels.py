@@ -1,28 +1,20 @@
-"""GPU diagnostics for two open kernel questions (run on the H200; prints a report).
+"""GPU diagnostic of the decode backward's fused d-acts dots (run on the H200; prints a report).
 
-1. The fused d-acts dots of the decode backward (`scatter_rows` with a dot table): at the
-   GPU test's shape (N 4096, k 64, d_sae 131072, d 4096, bf16, unique latents), which
-   pairs differ from the reference, whether the same ones differ on every run (a logic
-   error) or not (a race), how many pairs their latent group holds (the kernel's fast path
-   takes groups of <= BLOCK_P pairs), and whether other launch configs differ too.
-2. Where the one-token decode's host time goes: host-loop microseconds per call of each
-   piece of the no-grad path (allocation, signature, dispatch, the launcher itself).
+For `scatter_rows` with a dot table at the GPU test's shape (N 4096, k 64, d_sae 131072,
+d 4096, bf16, unique latents): which pairs differ from the reference, whether the same
+ones differ on every run (a logic error) or not (a race), how many pairs their latent
+group holds (the kernel's fast path takes groups of <= BLOCK_P pairs), and whether other
+launch configs differ too. (Where the one-token decode's host time goes: `bench/one_token_latency.py --pieces`.)
 
-    python scripts/gpu/diagnose_kernels.py                  # both
-    python scripts/gpu/diagnose_kernels.py --latency-only   # only 2.
+    python scripts/gpu/diagnose_kernels.py
 """
 
 from __future__ import annotations
 
-import sys
-import time
-
 import torch
 
-from workbench.kernels import sparse_decode, use
 from workbench.kernels.decode import reference
 from workbench.kernels.decode import triton as kernels
-from workbench.kernels.dispatch import _resolve
 from workbench.kernels.tuning import force_config
 
 CUDA = torch.device("cuda")
@@ -75,64 +67,6 @@ def dots_report() -> None:
           f"{int((group_sizes > 64).sum())}, over 128 {int((group_sizes > 128).sum())}", flush=True)
 
 
-def host_loop_us(fn, calls: int = 5000) -> float:
-    for _ in range(200):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / calls * 1e6
-
-
-def latency_report() -> None:
-    gen = torch.Generator(device=CUDA).manual_seed(5)
-    W = torch.randn(131072, 4096, device=CUDA, generator=gen).to(torch.bfloat16)
-    acts = torch.rand(1, 64, device=CUDA, generator=gen).to(torch.bfloat16)
-    idx = torch.randperm(131072, device=CUDA, generator=gen)[:64].view(1, 64)
-    with torch.no_grad(), use("triton"):
-        for _ in range(3):
-            sparse_decode(acts, idx, W)
-        sig = kernels.lean_signature(acts, idx, W, None)
-        plan = kernels._LEAN_PLANS.get(sig)
-        print(f"plan stored: {plan is not None}", flush=True)
-        out = torch.empty(1, 4096, dtype=torch.bfloat16, device=CUDA)
-        pieces = {
-            "sparse_decode (public, whole call)": lambda: sparse_decode(acts, idx, W),
-            "lean_decode (signature, lookup, empty, launch)": lambda: kernels.lean_decode(acts, idx, W, None),
-            "torch.empty [1, 4096] bf16 cuda": lambda: torch.empty((1, 4096), dtype=torch.bfloat16, device=CUDA),
-            "torch.empty with acts.device": lambda: torch.empty((1, 4096), dtype=acts.dtype, device=acts.device),
-            "lean_signature": lambda: kernels.lean_signature(acts, idx, W, None),
-            "_resolve": lambda: _resolve("sparse_decode", "cuda", torch.bfloat16),
-            "no_grad test + is_compiling": lambda: not (torch.is_grad_enabled() and acts.requires_grad)
-            and not torch.compiler.is_compiling(),
-            "getCurrentRawStream": lambda: torch._C._cuda_getCurrentRawStream(0),
-            "torch.add (one aten op, for scale)": lambda: torch.add(acts, 1),
-        }
-        if plan is not None:
-            launch, function, coop, pdl, metadata, gx, gy, int_args, _, _ = plan
-            stream = torch._C._cuda_getCurrentRawStream(0)
-            ptrs = (acts.data_ptr(), idx.data_ptr(), W.data_ptr(), out.data_ptr(), out.data_ptr())
-            pieces["C launcher, pointers as ints (plan's call)"] = lambda: launch(
-                gx, gy, 1, stream, function, coop, pdl, None, None, metadata, None, None, None, *ptrs, *int_args)
-            pieces["C launcher, tensors (driver pointer checks)"] = lambda: launch(
-                gx, gy, 1, stream, function, coop, pdl, None, None, metadata, None, None, None,
-                acts, idx, W, out, out, *int_args)
-            entry = kernels._SLOTS_LAUNCH.verified_entry(next(iter(kernels._SLOTS_LAUNCH._verified)))
-            if entry is not None:
-                compiled, tail = entry
-                pieces["compiled.run (Python wrapper + C launcher)"] = lambda: compiled.run(
-                    gx, gy, 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
-                    acts, idx, W, out, out, *int_args)
-        pieces["acts.new_empty [1, 4096]"] = lambda: acts.new_empty((1, 4096))
-        pieces["4 x data_ptr()"] = lambda: (acts.data_ptr(), idx.data_ptr(), W.data_ptr(), out.data_ptr())
-        for name, fn in pieces.items():
-            print(f"  {name:<46} {host_loop_us(fn):7.2f} us/call", flush=True)
-
-
 if __name__ == "__main__":
     print(torch.cuda.get_device_name(), flush=True)
-    if "--latency-only" not in sys.argv:
-        dots_report()
-    latency_report()
+    dots_report()

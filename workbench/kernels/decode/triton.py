@@ -99,60 +99,6 @@ def _gather_tiles_kernel(
         )
 
 
-@triton.jit
-def _slot_tile(coef_ptr, idx_ptr, item, n_items, n_row_tiles, N, K, M, stride_cn, stride_ck, stride_in, stride_ik,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Latents [BLOCK_N, BLOCK_K] (int64), fp32 coefficients and which slots to load, of one item."""
-    row_tile = item % n_row_tiles
-    rows = (row_tile * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    slots = tl.arange(0, BLOCK_K)
-    ok = ((rows < N) & (item < n_items))[:, None] & (slots < K)[None, :]
-    latent = tl.load(idx_ptr + rows[:, None] * stride_in + slots[None, :] * stride_ik, mask=ok, other=0).to(tl.int64)
-    coef = tl.load(coef_ptr + rows[:, None] * stride_cn + slots[None, :] * stride_ck, mask=ok, other=0.0).to(tl.float32)
-    live = ok & (coef != 0.0) & (latent >= 0) & (latent < M)
-    return latent, coef, live
-
-
-@triton.jit
-def _gather_wide_kernel(
-    coef_ptr, idx_ptr, table_ptr, bias_ptr, out_ptr,
-    N, K, M, D, n_row_tiles, n_items,
-    stride_cn, stride_ck, stride_in, stride_ik, stride_tm, stride_td, stride_b, stride_on, stride_od,
-    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-    KEEP_TABLE: tl.constexpr = False,
-):
-    # The tiles kernel's items in the same column-block-major persistent order, but every
-    # slot of an item (K <= BLOCK_K) is gathered by one [BLOCK_N, BLOCK_K, BLOCK_D] load, and
-    # the next item's slots are loaded while this item's rows are in flight: one memory
-    # round trip per item instead of two per UNROLL group.
-    step = tl.num_programs(0)
-    latent, coef, live = _slot_tile(coef_ptr, idx_ptr, tl.program_id(0), n_items, n_row_tiles, N, K, M,
-                                    stride_cn, stride_ck, stride_in, stride_ik, BLOCK_N, BLOCK_K)
-    for item in tl.range(tl.program_id(0), n_items, step):
-        col_block = item // n_row_tiles
-        rows = ((item - col_block * n_row_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-        cols = col_block * BLOCK_D + tl.arange(0, BLOCK_D)
-        col_ok = cols < D
-        w = tl.load(
-            table_ptr + latent[:, :, None] * stride_tm + cols[None, None, :] * stride_td,
-            mask=live[:, :, None] & col_ok[None, None, :], other=0.0,
-            eviction_policy="evict_last" if KEEP_TABLE else "",
-        )
-        next_latent, next_coef, next_live = _slot_tile(
-            coef_ptr, idx_ptr, item + step, n_items, n_row_tiles, N, K, M,
-            stride_cn, stride_ck, stride_in, stride_ik, BLOCK_N, BLOCK_K)
-        acc = tl.sum(coef[:, :, None] * w.to(tl.float32), axis=1)
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(
-            out_ptr + rows[:, None] * stride_on + cols[None, :] * stride_od,
-            acc.to(out_ptr.dtype.element_ty),
-            mask=(rows < N)[:, None] & col_ok[None, :],
-            eviction_policy="evict_first" if KEEP_TABLE else "",
-        )
-        latent, coef, live = next_latent, next_coef, next_live
-
-
 _INT_ARGS = ["K", "M", "D", "stride_cn", "stride_ck", "stride_in", "stride_ik", "stride_tm", "stride_td",
              "stride_b", "stride_on", "stride_od"]
 _POINTER_ARGS = ["coef_ptr", "idx_ptr", "table_ptr", "bias_ptr", "out_ptr"]
@@ -344,17 +290,9 @@ GATHER_TILES_LARGE = Tuner("gather_tiles_large", [
     dict(BLOCK_N=16, BLOCK_D=64, UNROLL=4, STAGES=3, per_sm=4, num_warps=4),
     dict(BLOCK_N=16, BLOCK_D=256, UNROLL=4, per_sm=None, num_warps=4),
     dict(BLOCK_N=16, BLOCK_D=512, UNROLL=2, per_sm=None, num_warps=8),
-    dict(BLOCK_N=4, BLOCK_D=128, UNROLL=16, per_sm=8, num_warps=4, KEEP_TABLE=True),
+    # Rows kept in L2 ahead of the output (won two N=16384, k=32 keys on the H200, within a few %).
     dict(BLOCK_N=8, BLOCK_D=128, UNROLL=8, per_sm=4, num_warps=4, KEEP_TABLE=True),
     dict(BLOCK_N=4, BLOCK_D=256, UNROLL=16, per_sm=4, num_warps=8, KEEP_TABLE=True),
-    dict(BLOCK_N=2, BLOCK_D=128, UNROLL=32, per_sm=16, num_warps=4, KEEP_TABLE=True),
-    # The wide kernel (all slots of an item in one gather; the next item's slots prefetched).
-    dict(WIDE_ELEMS=16384, BLOCK_D=128, per_sm=4, num_warps=8),
-    dict(WIDE_ELEMS=16384, BLOCK_D=128, per_sm=4, num_warps=8, KEEP_TABLE=True),
-    dict(WIDE_ELEMS=8192, BLOCK_D=128, per_sm=8, num_warps=4, KEEP_TABLE=True),
-    dict(WIDE_ELEMS=16384, BLOCK_D=256, per_sm=4, num_warps=8, KEEP_TABLE=True),
-    dict(WIDE_ELEMS=32768, BLOCK_D=128, per_sm=2, num_warps=8, KEEP_TABLE=True),
-    dict(WIDE_ELEMS=8192, BLOCK_D=64, per_sm=8, num_warps=4, KEEP_TABLE=True),
 ])
 GATHER_TILES_SMALL = Tuner("gather_tiles_small", [
     dict(BLOCK_N=4, BLOCK_D=128, UNROLL=8, per_sm=None, num_warps=4),
@@ -542,29 +480,16 @@ def _gather_tiles(coefs, indices, table, bias, out, config) -> None:
 
     def launch(config: dict):
         meta, options = launch_args(config)
-        kernel = _gather_tiles_kernel
-        if "WIDE_ELEMS" in meta:
-            kernel, meta = _gather_wide_kernel, _wide_meta(meta, k)
         n_row_tiles = triton.cdiv(n_rows, meta["BLOCK_N"])
         n_items = n_row_tiles * triton.cdiv(width, meta["BLOCK_D"])
         grid = (_programs(coefs.device, config.get("per_sm"), n_items),)
-        kernel[grid](
+        _gather_tiles_kernel[grid](
             coefs, indices, table, bias_arg, out, n_rows, k, n_latents, width, n_row_tiles, n_items, *strides,
             HAS_BIAS=bias is not None, **meta, **options,
         )
 
     key = (bucket(n_rows), k, width, bucket(n_latents), coefs.dtype, table.dtype, out.dtype, bias is not None)
     launch(config or tuner.pick(key, coefs.device, launch, outputs=lambda: (out,)))
-
-
-def _wide_meta(meta: dict, k: int) -> dict:
-    """The wide kernel's block sizes for k slots: BLOCK_K = next power of two >= k, and as many
-    rows per item as fit WIDE_ELEMS gathered elements (at least one)."""
-    block_k = triton.next_power_of_2(max(k, 1))
-    if block_k * meta["BLOCK_D"] > 2 * meta["WIDE_ELEMS"]:
-        raise ValueError(f"k={k} slots x BLOCK_D={meta['BLOCK_D']} exceed this wide config's register budget")
-    wide = {name: value for name, value in meta.items() if name != "WIDE_ELEMS"}
-    return dict(wide, BLOCK_K=block_k, BLOCK_N=max(1, meta["WIDE_ELEMS"] // (block_k * meta["BLOCK_D"])))
 
 
 def gather_dot(rows: torch.Tensor, indices: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
