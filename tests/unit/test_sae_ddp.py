@@ -19,7 +19,7 @@ from workbench.sae.loading import load_sae
 SITE = "blocks.1.hook_resid_post"
 
 
-def _train_one_and_two(tmp_path, capsys, device: str) -> dict:
+def _train_one_and_two(tmp_path, capsys, device: str, backend: str) -> dict:
     """Train a TopK and a BatchTopK dictionary twice on the same store: one process, then
     two under torchrun (gloo on CPU, NCCL on two GPUs); check both runs' files and return
     the largest weight differences per dictionary."""
@@ -46,18 +46,20 @@ def _train_one_and_two(tmp_path, capsys, device: str) -> dict:
     for name in ("00_topk_L1_resid_post_64_k4", "01_batchtopk_L1_resid_post_64_k4"):
         one, two = load_sae(tmp_path / "one" / name), load_sae(tmp_path / "two" / name)
         assert two.metadata["training"]["world_size"] == 2
+        assert two.metadata["training"]["backend"] == backend
+        assert one.metadata["training"]["backend"] is None
         differences[name] = {}
         for param in ("W_enc", "W_dec", "b_enc", "b_dec"):
             a, b = getattr(one, param), getattr(two, param)
             assert torch.isfinite(b).all(), (name, param)
-            differences[name][param] = float((a - b).abs().max())
+            differences[name][param] = float((a - b).detach().abs().max())
         assert (tmp_path / "two" / "checkpoints" / "latest.json").exists()
     return differences
 
 
 @pytest.mark.distributed
 def test_two_gloo_processes_match_one(tmp_path, capsys):
-    differences = _train_one_and_two(tmp_path, capsys, "cpu")
+    differences = _train_one_and_two(tmp_path, capsys, "cpu", "gloo")
     # TopK: the averaged gradient is the single-process gradient. (BatchTopK selects k*B/2 per
     # rank: close, not equal; checked finite above.)
     for param, largest in differences["00_topk_L1_resid_post_64_k4"].items():
@@ -68,7 +70,7 @@ def test_two_gloo_processes_match_one(tmp_path, capsys):
 @pytest.mark.distributed
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs: NCCL will not run two ranks on one")
 def test_two_nccl_gpus_match_one_gpu(tmp_path, capsys):
-    differences = _train_one_and_two(tmp_path, capsys, "cuda")
+    differences = _train_one_and_two(tmp_path, capsys, "cuda", "nccl")
     print("largest |one GPU - two GPUs| per parameter:", json.dumps(differences))
     # The same rule as on CPU, with room for GPU summation order (the all-reduce adds two
     # half-batch gradients; one GPU sums the whole batch in another order).

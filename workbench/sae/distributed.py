@@ -33,6 +33,11 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def backend() -> str | None:
+    """The process group's backend ('gloo', 'nccl'), None when not distributed."""
+    return str(dist.get_backend()) if is_distributed() else None
+
+
 def init_from_env(backend: str | None = None) -> bool:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1); returns
     whether training is distributed. backend default: nccl with CUDA, else gloo."""

@@ -524,6 +524,7 @@ class Trainer:
                     "dead_frac": last.get("dead_frac"),
                     "dead_window_tokens": tc.dead_window,
                     "world_size": self.world,
+                    "backend": dd.backend(),
                 }
             }
             saes[run.name] = final
