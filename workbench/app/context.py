@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import panel as pn
 
@@ -56,3 +57,24 @@ def user_message(error: BaseException) -> str:
 async def run_off_ui_thread(function: Callable, *args, **kwargs):
     """Run a blocking engine call in a worker thread so the page stays responsive."""
     return await asyncio.to_thread(function, *args, **kwargs)
+
+
+def on_load_task(make_coroutine: Callable[[], Awaitable[Any]], wait_s: float = 10.0) -> None:
+    """Run `make_coroutine()` on the event loop once Panel has marked the session loaded.
+
+    The app serves with a thread pool (`--num-threads`), so Panel runs its onload step in a
+    worker thread: it schedules an async callback on the event loop and only then marks the
+    session loaded. The loop can start the callback before that mark, and page changes made
+    then bypass Panel's hold on the document: Bokeh raises "_pending_writes should be
+    non-None ..." and the change is lost (the Steering page came up without its URL feature
+    in about one full browser-test run out of three). So the callback first waits for the
+    mark (milliseconds), at most `wait_s` seconds.
+    """
+
+    async def after_load() -> None:
+        deadline = time.monotonic() + wait_s
+        while not pn.state.loaded and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await make_coroutine()
+
+    pn.state.onload(after_load)

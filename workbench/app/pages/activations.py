@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import panel as pn
 
-from workbench.app.context import AppContext, run_off_ui_thread, user_message
+from workbench.app.context import AppContext, on_load_task, run_off_ui_thread, user_message
 from workbench.viewmodels.activations import MAX_PROMPT_CHARS, SITE_KINDS, ResidualNormsViewModel
 from workbench.viz.heatmap import layer_token_heatmap
 
@@ -36,7 +36,7 @@ def build(context: AppContext) -> pn.viewable.Viewable:
     run.on_click(refresh)
     text.param.watch(refresh, "value")
     site.param.watch(refresh, "value")
-    pn.state.onload(refresh)
+    on_load_task(refresh)
     intro = pn.pane.Markdown(
         f"### Activation norms\nPer-token, per-layer L2 norms of a site of **{context.model.name}**. "
         "Large norms mark attention sinks and outlier tokens (they dominate plain reconstruction metrics)."

@@ -13,7 +13,7 @@ import asyncio
 
 import panel as pn
 
-from workbench.app.context import AppContext, run_off_ui_thread, user_message
+from workbench.app.context import AppContext, on_load_task, run_off_ui_thread, user_message
 from workbench.viewmodels.steering import MAX_PROMPT_CHARS, SLIDER_RANGE, SteeringViewModel
 
 POSITION_LABELS = {
@@ -182,12 +182,13 @@ def build(context: AppContext) -> pn.viewable.Viewable:
     # view-model changes made in worker threads must not touch the page).
     render_features()
 
-    async def on_load() -> None:
-        if url_feature and await run(lambda: vm.open_feature_id(url_feature), "Opening feature"):
+    async def open_url_feature() -> None:
+        if await run(lambda: vm.open_feature_id(url_feature), "Opening feature"):
             sae.value = vm.sae_name
             render_features()
 
-    pn.state.onload(on_load)
+    if url_feature:
+        on_load_task(open_url_feature)
     if not vm.param.sae_name.objects:
         show_error(f"No SAE is registered for {context.model.name}: add one under data/saes/{context.model.name}/ "
                    "or $WORKBENCH_SAE_DIRS to steer with features.")
