@@ -63,7 +63,7 @@ def _gather_tiles_kernel(
     N, K, M, D, n_row_tiles, n_items,
     stride_cn, stride_ck, stride_in, stride_ik, stride_tm, stride_td, stride_b, stride_on, stride_od,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr,
-    STAGES: tl.constexpr = 1, KEEP_TABLE: tl.constexpr = False, L2_ONLY: tl.constexpr = False,
+    STAGES: tl.constexpr = 1, KEEP_TABLE: tl.constexpr = False,
 ):
     # Persistent: items item, item + programs, ... in column-block-major order.
     for item in tl.range(tl.program_id(0), n_items, tl.num_programs(0)):
@@ -83,12 +83,10 @@ def _gather_tiles_kernel(
                 live = slot_ok & (coef != 0.0) & (latent >= 0) & (latent < M)
                 # KEEP_TABLE: rows stay in L2 ahead of the output lines, which are written
                 # once and never read back (so they go first), for more reuse of named rows.
-                # L2_ONLY: ".cg" loads skip L1, which random rows only churn (no reuse on an SM).
                 w = tl.load(
                     table_ptr + latent[:, None] * stride_tm + cols[None, :] * stride_td,
                     mask=live[:, None] & col_ok[None, :], other=0.0,
                     eviction_policy="evict_last" if KEEP_TABLE else "",
-                    cache_modifier=".cg" if L2_ONLY else "",
                 )
                 acc += coef[:, None] * w.to(tl.float32)
         if HAS_BIAS:
@@ -295,9 +293,6 @@ GATHER_TILES_LARGE = Tuner("gather_tiles_large", [
     # Rows kept in L2 ahead of the output (won two N=16384, k=32 keys on the H200, within a few %).
     dict(BLOCK_N=8, BLOCK_D=128, UNROLL=8, per_sm=4, num_warps=4, KEEP_TABLE=True),
     dict(BLOCK_N=4, BLOCK_D=256, UNROLL=16, per_sm=4, num_warps=8, KEEP_TABLE=True),
-    dict(BLOCK_N=4, BLOCK_D=128, UNROLL=16, per_sm=8, num_warps=4, L2_ONLY=True),
-    dict(BLOCK_N=16, BLOCK_D=64, UNROLL=8, per_sm=4, num_warps=4, L2_ONLY=True),
-    dict(BLOCK_N=16, BLOCK_D=256, UNROLL=4, per_sm=None, num_warps=4, L2_ONLY=True),
 ])
 GATHER_TILES_SMALL = Tuner("gather_tiles_small", [
     dict(BLOCK_N=4, BLOCK_D=128, UNROLL=8, per_sm=None, num_warps=4),
