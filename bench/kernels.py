@@ -36,7 +36,6 @@ sweep stops at the time budget.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
@@ -139,34 +138,6 @@ class Bench:
             fn()
         self.sync()
         return (time.perf_counter() - t0) / calls * 1e6
-
-    def host_loop_detail(self, fn, calls: int = 2000, block: int = 100) -> dict:
-        """Per-call host-loop microseconds three ways: the plain mean (what `host_loop_us`
-        reports), the median over blocks of `block` calls (robust to a rare pause), and the
-        mean with Python's garbage collector off; plus the collections that ran."""
-        calls = 20 if self.smoke else calls
-        block = min(block, calls)
-        fn()
-        self.sync()
-        before = [stat["collections"] for stat in gc.get_stats()]
-        blocks = []
-        t0 = time.perf_counter()
-        for _ in range(calls // block):
-            t_block = time.perf_counter()
-            for _ in range(block):
-                fn()
-            blocks.append((time.perf_counter() - t_block) / block * 1e6)
-        self.sync()
-        mean = (time.perf_counter() - t0) / (calls // block * block) * 1e6
-        collections = [stat["collections"] - b for stat, b in zip(gc.get_stats(), before)]
-        gc.disable()
-        try:
-            gc_off = self.host_loop_us(fn, calls)
-        finally:
-            gc.enable()
-        blocks.sort()
-        return {"mean_us": mean, "block_median_us": blocks[len(blocks) // 2], "gc_off_mean_us": gc_off,
-                "gc_collections_by_generation": collections}
 
     def sync(self) -> None:
         if torch.cuda.is_available() and not self.smoke:
@@ -366,9 +337,6 @@ def latency_n1(b: Bench) -> None:
             grad_ctx = torch.enable_grad() if "autograd" in name else torch.no_grad()
             with grad_ctx:
                 entry = {"method": name, "event_ms": b.time_ms(fn), "host_loop_us_per_call": b.host_loop_us(fn)}
-            if name == "ours_no_grad":
-                with grad_ctx:
-                    entry["host_loop_detail"] = b.host_loop_detail(fn)
             if name == "ours_no_grad" and torch.cuda.is_available():
                 from workbench.kernels.decode import triton as decode_kernels
 
@@ -381,9 +349,9 @@ def latency_n1(b: Bench) -> None:
             b.record["latency_n1"].append(entry)
             print(f"   N=1 {name:<30} median {entry['event_ms']['ms'] * 1e3:8.2f} us   host loop "
                   f"{entry['host_loop_us_per_call']:8.2f} us/call", flush=True)
-            if "host_loop_detail" in entry:
-                print(f"       detail {entry['host_loop_detail']}  lean_decode alone "
-                      f"{entry.get('lean_decode_host_loop_us', float('nan')):.2f} us/call", flush=True)
+            if "lean_decode_host_loop_us" in entry:
+                print(f"       the plan alone {entry['lean_decode_host_loop_us']:.2f} us/call, torch.add "
+                      f"{entry['torch_add_host_loop_us']:.2f} us/call", flush=True)
 
 
 def latency_fresh_process(b: Bench) -> None:

@@ -36,6 +36,8 @@ def _stream_kernel(src_ptr, out_ptr, n_chunks, passes, CHUNK: tl.constexpr, UNRO
     tl.store(out_ptr + pid * CHUNK + offsets, acc)
 
 
+# Two kernels rather than one over an index list: the streaming rate must not include an
+# index load per chunk, which the random-segment kernel needs.
 @triton.jit
 def _segments_kernel(src_ptr, order_ptr, out_ptr, n_segments, SEGMENT: tl.constexpr, UNROLL: tl.constexpr):
     # Segment order[s] of SEGMENT elements for s = pid, pid + programs, ...: every segment once, in random order.

@@ -44,9 +44,8 @@ def build(context: AppContext) -> pn.viewable.Viewable:
     url_feature = _url_feature()
     url_sae = _sae_name_of(url_feature)
     if url_sae in vm.param.sae_name.objects:
-        # The URL's SAE is chosen before the page reaches the browser. Set only once the page
-        # has loaded, the SAE select's first value from the browser could arrive after it and
-        # switch the SAE back, clearing the feature (seen once in a full browser-test run).
+        # The page reaches the browser already on the URL's SAE; the feature itself is added
+        # once the page has loaded (open_url_feature below), which takes seconds.
         vm.sae_name = url_sae
     prompt = pn.widgets.TextAreaInput(name="Prompt", value=vm.prompt, max_length=MAX_PROMPT_CHARS, height=70,
                                       sizing_mode="stretch_width")
