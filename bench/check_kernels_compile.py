@@ -128,6 +128,13 @@ def scenarios(quick: bool):
             torch.empty(n, k, dtype=bf16, device=meta), torch.empty(n, k, dtype=torch.long, device=meta),
             torch.empty(d_sae, d, dtype=wdtype, device=meta), torch.empty(d, dtype=bf16, device=meta))
 
+    def decode_fwd_packed(n, d_sae, d, k):
+        blocks = -(-d // decode_kernels.packed.PACK_WIDTH)
+        return lambda: decode_kernels.gather_sum(
+            torch.empty(n, k, dtype=bf16, device=meta), torch.empty(n, k, dtype=torch.long, device=meta),
+            torch.empty(d_sae, d, dtype=bf16, device=meta), torch.empty(d, dtype=bf16, device=meta), bf16,
+            packed_table=torch.empty(blocks, d_sae, decode_kernels.packed.PACK_WIDTH, dtype=bf16, device=meta))
+
     def decode_bwd(n, d_sae, d, k, need_weight=True, wdtype=bf16):
         return lambda: decode_kernels.decode_backward(
             torch.empty(n, d, dtype=bf16, device=meta), torch.empty(n, k, dtype=bf16, device=meta),
@@ -161,6 +168,7 @@ def scenarios(quick: bool):
         ("decode fwd N=64", decode_kernels.GATHER_TILES_SMALL, decode_fwd(64, 131072, 4096, 64)),
         ("decode fwd N=4096", decode_kernels.GATHER_TILES_LARGE, decode_fwd(4096, 131072, 4096, 64)),
         ("decode fwd N=4096 W fp32", decode_kernels.GATHER_TILES_LARGE, decode_fwd(4096, 65536, 2304, 64, f32)),
+        ("decode fwd N=4096 packed", decode_kernels.GATHER_TILES_PACKED, decode_fwd_packed(4096, 131072, 4096, 64)),
         ("decode bwd N=4096", decode_kernels.SCATTER_ROWS, decode_bwd(4096, 131072, 4096, 64)),
         ("decode bwd W fp32", decode_kernels.SCATTER_ROWS, decode_bwd(4096, 65536, 2304, 64, wdtype=f32)),
         ("decode bwd d_acts only", decode_kernels.GATHER_DOT, decode_bwd(4096, 131072, 4096, 64, need_weight=False)),

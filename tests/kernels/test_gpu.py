@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.kernels import batch_topk_indices, sparse_decode, topk_encode, use
+from workbench.kernels import batch_topk_indices, packed_decoders, sparse_decode, topk_encode, use
 from workbench.kernels.decode import op as decode_op
 from workbench.kernels.decode import reference as decode_reference
 from workbench.kernels.encode import op as encode_op
@@ -242,6 +242,34 @@ def test_tuned_candidates_agree(monkeypatch):
                 assert_close(got, want, f"N={rows} tuned")
         assert not tuner.rejected, f"{tuner.name}: configs disagreeing with the first: {tuner.rejected}"
         assert tuner.chosen, f"{tuner.name}: nothing was tuned"
+
+
+def test_packed_decoder_real_shape(monkeypatch):
+    # Inside packed_decoders() the goal-shape no-grad decode reads the packed copy (every
+    # candidate config tuned and cross-checked), and a change of W in place is never served
+    # from the old copy.
+    from workbench.kernels.decode import packed
+    from workbench.kernels.decode import triton as decode_kernels
+
+    monkeypatch.setenv("WORKBENCH_KERNELS_TUNE", "1")
+    generator = torch.Generator(device=CUDA).manual_seed(11)
+    n_rows, k, n_latents, width = DECODE["n_rows"], DECODE["k"], DECODE["n_latents"], DECODE["width"]
+    W = (torch.randn(n_latents, width, device=CUDA, generator=generator) / 64).to(torch.bfloat16)
+    b = torch.randn(width, device=CUDA, generator=generator).to(torch.bfloat16)
+    acts = torch.rand(n_rows, k, device=CUDA, generator=generator).to(torch.bfloat16)
+    idx = _indices(n_rows, k, n_latents, "unique", generator)
+    decode_kernels.GATHER_TILES_PACKED.chosen.clear()
+    decode_kernels.GATHER_TILES_PACKED.rejected.clear()
+    with torch.no_grad(), use("triton"), packed_decoders():
+        for scale in (1.0, 0.5):
+            if scale != 1.0:
+                W.mul_(scale)
+            want = decode_reference.decode_forward(acts, idx, W, b)
+            poison_allocator()
+            assert_close(sparse_decode(acts, idx, W, b), want, f"packed, W x {scale}")
+            assert getattr(W, packed._ATTRIBUTE)[0][-1] == W._version  # the copy of this version
+    assert not hasattr(W, packed._ATTRIBUTE)
+    assert decode_kernels.GATHER_TILES_PACKED.chosen and not decode_kernels.GATHER_TILES_PACKED.rejected
 
 
 def test_selection_matches_a_plain_autocast_topk():

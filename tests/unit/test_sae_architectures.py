@@ -140,8 +140,12 @@ def test_decoder_rows_stay_unit_norm_and_parallel_grad_is_removed(arch, x):
     assert along_rows.abs().max() < 1e-4
     with torch.no_grad():
         sae.W_dec.mul_(3.0)
+    version = sae.W_dec._version
     sae.normalize_decoder()
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(D_SAE), atol=1e-5)
+    # The renormalisation is seen as a change of W_dec (not written through .data), so a
+    # packed copy of the old decoder (workbench.kernels.packed_decoders) is never reused.
+    assert sae.W_dec._version > version
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURE_NAMES)

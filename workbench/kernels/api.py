@@ -112,7 +112,7 @@ def sparse_decode(
         if no_grad:
             # The lean path: no custom-op or autograd boundary (one-token latency).
             module = module or _triton_module("decode")
-            return module.decode_forward(acts, indices, W_dec, b_dec)
+            return module.decode_forward(acts, indices, W_dec, b_dec, no_grad=True)
         return decode_op.sparse_decode_op(acts, indices, W_dec, b_dec)
     return decode_op.ReferenceDecode.apply(acts, indices, W_dec, b_dec)
 

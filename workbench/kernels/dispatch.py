@@ -165,9 +165,12 @@ _resolve._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def reset() -> None:
-    """Forget cached choices, triton status and $WORKBENCH_KERNELS (read again at the next call);
+    """Forget cached choices, triton status, $WORKBENCH_KERNELS and $WORKBENCH_KERNELS_PACK (read again at the next call);
     code that changes the environment variable after a first call uses this."""
+    from workbench.kernels.decode import packed  # torch only; here to keep this module's imports minimal
+
     with _lock:
         _choices.clear()
         _triton_status.clear()
         _env_mode.clear()
+    packed.reset()

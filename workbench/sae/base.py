@@ -204,7 +204,7 @@ class SparseAutoencoder(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Rescale every decoder row to unit L2 norm."""
-        normalize_rows_(self.W_dec.data)
+        normalize_rows_(self.W_dec)  # not .data: the in-place op must bump the version (packed.py)
 
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:

@@ -12,6 +12,9 @@ Kernels, each behind a launcher with the shape contract of its reference twin in
   slots of an item are read UNROLL at a time (STAGES > 1 prefetches the next group), fp32
   accumulation in registers; zero coefficients skip their load. The cap on resident
   programs is what keeps the L2 footprint small; the tuner times several footprints.
+  PACKED: the table is `packed.pack_rows`'s column-block-major copy (large no-grad decodes),
+  so one column block's rows are one contiguous range instead of segments spread over the
+  whole table (on the H200 14-24% faster at the goal shapes; see packed.py).
 - `_gather_slots_kernel` (one to FEW_ROWS rows, i.e. interactive inspection): slots are a
   tile dimension, so a program issues all of a row's gathers for its columns at once (one
   memory round trip); launched through `launch.DirectLaunch` to keep dispatch short.
@@ -46,7 +49,7 @@ import triton
 import triton.language as tl
 
 from workbench.kernels import _interpreter
-from workbench.kernels.decode import dense
+from workbench.kernels.decode import dense, packed
 from workbench.kernels.launch import DirectLaunch, c_launcher
 from workbench.kernels.tuning import Tuner, bucket, interpreting, launch_args, tuning_forced
 
@@ -63,7 +66,7 @@ def _gather_tiles_kernel(
     N, K, M, D, n_row_tiles, n_items,
     stride_cn, stride_ck, stride_in, stride_ik, stride_tm, stride_td, stride_b, stride_on, stride_od,
     HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr,
-    STAGES: tl.constexpr = 1, KEEP_TABLE: tl.constexpr = False,
+    STAGES: tl.constexpr = 1, KEEP_TABLE: tl.constexpr = False, PACKED: tl.constexpr = False,
 ):
     # Persistent: items item, item + programs, ... in column-block-major order.
     for item in tl.range(tl.program_id(0), n_items, tl.num_programs(0)):
@@ -74,6 +77,13 @@ def _gather_tiles_kernel(
         row_ok = rows < N
         col_ok = cols < D
         rows64 = rows.to(tl.int64)
+        if PACKED:
+            # table: packed.pack_rows layout [cdiv(D, BLOCK_D), M, BLOCK_D], one column block contiguous
+            col_part = col_block.to(tl.int64) * M * BLOCK_D + tl.arange(0, BLOCK_D)
+            row_stride = BLOCK_D
+        else:
+            col_part = cols.to(tl.int64) * stride_td
+            row_stride = stride_tm
         acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         for j0 in tl.range(0, K, UNROLL, num_stages=STAGES):  # STAGES > 1: prefetch the next slots
             for u in tl.static_range(UNROLL):
@@ -84,7 +94,7 @@ def _gather_tiles_kernel(
                 # KEEP_TABLE: rows stay in L2 ahead of the output lines, which are written
                 # once and never read back (so they go first), for more reuse of named rows.
                 w = tl.load(
-                    table_ptr + latent[:, None] * stride_tm + cols[None, :] * stride_td,
+                    table_ptr + latent[:, None] * row_stride + col_part[None, :],
                     mask=live[:, None] & col_ok[None, :], other=0.0,
                     eviction_policy="evict_last" if KEEP_TABLE else "",
                 )
@@ -280,7 +290,14 @@ def _scatter_rows_kernel(
 # shape, 15-30 MB for the persistent configs below; its bytes in flight per SM are
 # per_sm x BLOCK_N x BLOCK_D x UNROLL x 2 B (32-128 KB). per_sm=None launches one program
 # per item (no cap: the layout of the first version, kept as a candidate).
+#
+# 8 programs of 4 warps per SM (64 registers each: the whole register file) was the best
+# footprint on the H200 in bench/results/h200-run6 (0.389 ms against 0.47 for the best
+# below it at the goal shape, N 4096, k 64; 1.35 against 1.73 ms at N 16384).
 GATHER_TILES_LARGE = Tuner("gather_tiles_large", [
+    dict(BLOCK_N=8, BLOCK_D=128, UNROLL=8, per_sm=8, num_warps=4),
+    dict(BLOCK_N=16, BLOCK_D=64, UNROLL=8, per_sm=8, num_warps=4),
+    dict(BLOCK_N=4, BLOCK_D=128, UNROLL=8, per_sm=16, num_warps=2),
     dict(BLOCK_N=16, BLOCK_D=64, UNROLL=8, per_sm=4, num_warps=4),
     dict(BLOCK_N=8, BLOCK_D=128, UNROLL=8, per_sm=4, num_warps=4),
     dict(BLOCK_N=16, BLOCK_D=64, UNROLL=8, per_sm=2, num_warps=4),
@@ -293,6 +310,15 @@ GATHER_TILES_LARGE = Tuner("gather_tiles_large", [
     # Rows kept in L2 ahead of the output (won two N=16384, k=32 keys on the H200, within a few %).
     dict(BLOCK_N=8, BLOCK_D=128, UNROLL=8, per_sm=4, num_warps=4, KEEP_TABLE=True),
     dict(BLOCK_N=4, BLOCK_D=256, UNROLL=16, per_sm=4, num_warps=8, KEEP_TABLE=True),
+])
+# Packed tables (packed.py): BLOCK_D is the packing width. Timed on the H200 in run 6 at
+# N 4096 / 16384: 0.336 / 1.21, 0.360 / 1.03, 0.336 / 1.25, 0.422 / 2.07 ms, 0.456 / 1.65 ms.
+GATHER_TILES_PACKED = Tuner("gather_tiles_packed", [
+    dict(BLOCK_N=8, BLOCK_D=packed.PACK_WIDTH, UNROLL=8, per_sm=8, num_warps=4),
+    dict(BLOCK_N=16, BLOCK_D=packed.PACK_WIDTH, UNROLL=4, per_sm=8, num_warps=4),
+    dict(BLOCK_N=4, BLOCK_D=packed.PACK_WIDTH, UNROLL=8, per_sm=16, num_warps=2),
+    dict(BLOCK_N=4, BLOCK_D=packed.PACK_WIDTH, UNROLL=16, per_sm=8, num_warps=4),
+    dict(BLOCK_N=8, BLOCK_D=packed.PACK_WIDTH, UNROLL=8, per_sm=4, num_warps=4),
 ])
 GATHER_TILES_SMALL = Tuner("gather_tiles_small", [
     dict(BLOCK_N=4, BLOCK_D=128, UNROLL=8, per_sm=None, num_warps=4),
@@ -416,13 +442,15 @@ def gather_sum(
     out_dtype: torch.dtype | None = None,
     config: dict | None = None,
     plan_signature: tuple | None = None,
+    packed_table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """out[n] = sum_j coefs[n, j] * table[indices[n, j]] (+ bias): [N, k] x [M, D] -> [N, D] in out_dtype.
 
     Any strides; fp32 accumulation; out_dtype defaults to coefs' dtype. `config` (a tiles
     kernel config) bypasses the tuner and the other routes (the benchmark's naive baseline).
     `plan_signature` (decode_forward's lean_signature): store a one-token plan under it when
-    the call ran a verified direct launch of the slots kernel.
+    the call ran a verified direct launch of the slots kernel. `packed_table`:
+    packed.pack_rows(table), which the tiles kernel then reads instead of `table`.
     """
     n_rows, k = coefs.shape
     n_latents, width = table.shape
@@ -437,7 +465,7 @@ def gather_sum(
     if n_rows <= FEW_ROWS and config is None:
         _gather_slots(coefs, indices, table, bias, out, plan_signature if k < dense.DENSE_MIN_K else None)
     else:
-        _gather_tiles(coefs, indices, table, bias, out, config)
+        _gather_tiles(coefs, indices, table, bias, out, config, packed_table)
     return out
 
 
@@ -471,12 +499,16 @@ def _gather_slots(coefs, indices, table, bias, out, plan_signature: tuple | None
             _store_plan(plan_signature, compiled, grid, args[5:] + tail, (coefs, indices, table, bias), out)
 
 
-def _gather_tiles(coefs, indices, table, bias, out, config) -> None:
+def _gather_tiles(coefs, indices, table, bias, out, config, packed_table=None) -> None:
     n_rows, k = coefs.shape
     n_latents, width = table.shape
     bias_arg = bias if bias is not None else out  # never read without HAS_BIAS
     tuner = GATHER_TILES_SMALL if n_rows <= 256 else GATHER_TILES_LARGE
-    strides = (*coefs.stride(), *indices.stride(), *table.stride(), bias_arg.stride(0), *out.stride())
+    if packed_table is not None:
+        if packed_table.shape != (triton.cdiv(width, packed.PACK_WIDTH), n_latents, packed.PACK_WIDTH):
+            raise ValueError(f"packed_table {tuple(packed_table.shape)} is not pack_rows of a {tuple(table.shape)} table")
+        table, tuner = packed_table, GATHER_TILES_PACKED
+    strides = (*coefs.stride(), *indices.stride(), *table.stride()[-2:], bias_arg.stride(0), *out.stride())
 
     def launch(config: dict):
         meta, options = launch_args(config)
@@ -485,7 +517,7 @@ def _gather_tiles(coefs, indices, table, bias, out, config) -> None:
         grid = (_programs(coefs.device, config.get("per_sm"), n_items),)
         _gather_tiles_kernel[grid](
             coefs, indices, table, bias_arg, out, n_rows, k, n_latents, width, n_row_tiles, n_items, *strides,
-            HAS_BIAS=bias is not None, **meta, **options,
+            HAS_BIAS=bias is not None, PACKED=packed_table is not None, **meta, **options,
         )
 
     key = (bucket(n_rows), k, width, bucket(n_latents), coefs.dtype, table.dtype, out.dtype, bias is not None)
@@ -615,12 +647,24 @@ def _scatter_rows_sorted(coefs, indices, rows, n_out, out_dtype, dot_table, coef
 
 
 def decode_forward(
-    acts: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None
+    acts: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor | None,
+    no_grad: bool = False,
 ) -> torch.Tensor:
-    """Triton twin of reference.decode_forward: [N, k], [N, k], [d_sae, d_out], [d_out]? -> [N, d_out]."""
-    few = acts.shape[0] <= FEW_ROWS and acts.device.type == "cuda" and not interpreting()
+    """Triton twin of reference.decode_forward: [N, k], [N, k], [d_sae, d_out], [d_out]? -> [N, d_out].
+
+    no_grad (the public op's lean path: nothing needs a gradient) lets large decodes on CUDA
+    read a packed copy of W_dec (packed.packed_table decides when one pays).
+    """
+    on_gpu = acts.device.type == "cuda" and not interpreting()
+    few = acts.shape[0] <= FEW_ROWS and on_gpu
     signature = lean_signature(acts, indices, W_dec, b_dec) if few else None
-    return gather_sum(acts, indices, W_dec, b_dec, out_dtype=acts.dtype, plan_signature=signature)
+    table = None
+    if on_gpu and not few:
+        if no_grad:
+            table = packed.packed_table(W_dec, acts.shape[0])
+        else:
+            packed.drop_stale(W_dec)
+    return gather_sum(acts, indices, W_dec, b_dec, out_dtype=acts.dtype, plan_signature=signature, packed_table=table)
 
 
 def decode_backward(
