@@ -28,8 +28,9 @@ def kernels_tables(record: dict) -> list[str]:
         f"copy {ceilings.get('copy_GBps', 0) / 1e3:.2f} TB/s, bf16 matmul {ceilings.get('bf16_matmul_TFLOPs', 0):.0f} TFLOP/s, "
         "medians of `triton.testing.do_bench` in ms.",
         "",
-        "| op | N | k | d_sae | d_in | ours | dense | embedding_bag | naive gather | ours, unsorted slots | x dense | floor fraction |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| op | N | k | d_sae | d_in | ours | dense | embedding_bag | naive gather | ours, unsorted slots | x dense | floor fraction "
+        "| ours, packed W (inference) | x dense, packed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, label in (("decode_forward", "decode fwd"), ("decode_backward", "decode bwd")):
         for row in record[kind]:
@@ -37,14 +38,16 @@ def kernels_tables(record: dict) -> list[str]:
                 continue
             shown = label + (" (fp32 W, training layout)" if row.get("tag") == "train" else "")
             naive = _ms(row, "naive_triton") if kind == "decode_forward" else _ms(row, "torch_gather")
+            packed = f"{_ms(row, 'ours_packed')} | {row['x_dense_packed']:.1f}" if "x_dense_packed" in row else "– | –"
             lines.append(
                 f"| {shown} | {row['N']} | {row['k']} | {row['d_sae']} | {row['d_in']} | {_ms(row, 'ours')} | {_ms(row, 'dense')} | "
                 f"{_ms(row, 'embedding_bag') if 'embedding_bag' in row['ms'] else row.get('errors', {}).get('embedding_bag', '–')[:40]} | "
-                f"{naive} | {_ms(row, 'ours_unsorted')} | {row['x_dense']:.1f} | {row['floor_fraction']:.2f} |"
+                f"{naive} | {_ms(row, 'ours_unsorted')} | {row['x_dense']:.1f} | {row['floor_fraction']:.2f} | {packed} |"
             )
     lines += ["", "| goal | measured | target | met |", "|---|---|---|---|"]
     for name, goal in record.get("goals", {}).items():
-        lines.append(f"| {name} | {goal['value']:.2f} | {goal['target']} | {'yes' if goal['met'] else 'no'} |")
+        packed = f" (packed W: {goal['packed_value']:.2f})" if goal.get("packed_value") else ""
+        lines.append(f"| {name} | {goal['value']:.2f}{packed} | {goal['target']} | {'yes' if goal['met'] else 'no'} |")
     if record.get("latency_n1"):
         lines += ["", "| one token (d_sae 131072, d_in 4096, k 64) | event median (us) | host loop, incl. dispatch (us/call) |", "|---|---|---|"]
         for row in record["latency_n1"]:
