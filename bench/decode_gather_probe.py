@@ -252,6 +252,23 @@ def prefetch_variants() -> list:
     return out
 
 
+def fit_variants() -> list:
+    """Run 5: about one column block in flight at a time (BLOCK_N x programs ~ N), so that the
+    next block's prefetch fits in L2 beside it (run 4 prefetched while 2-4 blocks were in
+    flight, 58 MB and more, and every prefetch slowed the decode)."""
+    out = []
+    for n, bd, u, ps, w in [(8, 128, 16, 4, 4), (8, 64, 16, 4, 4), (4, 64, 16, 8, 4), (4, 128, 16, 8, 4),
+                            (8, 64, 8, 8, 4), (2, 128, 16, 16, 2)]:
+        config = dict(BLOCK_N=n, BLOCK_D=bd, UNROLL=u, per_sm=ps, num_warps=w)
+        label = f"n{n} bd{bd} u{u} ps{ps} w{w}"
+        out.append((f"packed {label}", _from_tiles(config, BLOCKED=True)))
+        for blocks in (0.5, 1.0):
+            cap = {"maxnreg": 64} if ps * w * 32 * 68 > 65536 else {}
+            out.append((f"packed {label} bulk {blocks}", _from_tiles(config, BLOCKED=True, AHEAD_BLOCKS=blocks,
+                                                                     BULK=True, **cap)))
+    return out
+
+
 def launch(config: dict, coefs, indices, table, out, n_rows, k, n_latents, width, sms: int):
     """AHEAD (rounds of the persistent grid) or AHEAD_BLOCKS (column blocks) set the prefetch distance."""
     options = {key: config[key] for key in ("num_warps", "maxnreg") if key in config}
@@ -382,14 +399,15 @@ def compile_all(variants) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or str(Path(__file__).parent / "results"))
-    parser.add_argument("--set", choices=["designs", "packed", "occupancy", "prefetch"], default="designs",
+    parser.add_argument("--set", choices=["designs", "packed", "occupancy", "prefetch", "fit"], default="designs",
                         help="designs: MMA, packed and prefetch variants (run 1); packed: the shipped candidates "
                              "on row-major and column-block-major W (run 2); occupancy: more programs per SM (run 3); prefetch: "
-                             "L2 prefetch of the next column block (run 4)")
+                             "L2 prefetch of the next column block (run 4); fit: one column block in flight, with and without "
+                             "prefetch (run 5)")
     parser.add_argument("--compile", action="store_true", help="compile every variant for sm_90 (no GPU)")
     args = parser.parse_args()
     variants = {"designs": VARIANTS, "packed": packed_variants, "occupancy": occupancy_variants,
-                "prefetch": prefetch_variants}[args.set]
+                "prefetch": prefetch_variants, "fit": fit_variants}[args.set]
     variants = variants() if callable(variants) else variants
     if args.compile:
         compile_all(variants)
@@ -399,7 +417,7 @@ def main() -> None:
     print("== goal shape (N 4096, k 64, d_sae 131072, d_in 4096)", flush=True)
     results["goal"] = run_shape(variants, 4096, 64, 131072, 4096, dense=True)
     torch.cuda.empty_cache()
-    if args.set in ("designs", "prefetch"):
+    if args.set in ("designs", "prefetch", "fit"):
         print("== table in L2 (N 4096, k 64, d_sae 16384, d_in 1024)", flush=True)
         results["l2_table"] = run_shape(variants, 4096, 64, 16384, 1024, dense=False)
     else:

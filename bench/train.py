@@ -3,6 +3,11 @@
     python bench/train.py              # CPU, the shapes below; table + bench/results/train-<machine>.json
     python bench/train.py --gpu        # also on CUDA, then bench/train_step_gpu.py (TopK at d_in 2304,
                                        # d_sae 65536, k 64 against EleutherAI sparsify)
+    python bench/train.py --gpu --gpu-only --gpu-shape wide --no-sparsify   # CUDA alone, d_in 2304, d_sae 65536
+
+On CUDA the ragged architectures (BatchTopK, JumpReLU, Matryoshka) also run as
+`<arch>/dense-ragged`: the same step with their decode through a dense code and a matmul
+instead of the sparse-decode kernels (`workbench.sae.sparse_ops.ragged_decode`).
 
 One step = `training_step` (forward and loss, AuxK on with 10% of the latents dead) +
 backward + removal of the decoder gradient's parallel part + Adam + decoder renormalisation:
@@ -17,6 +22,7 @@ expected to be about k times slower than TopK.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -30,13 +36,22 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workbench.sae import ARCHITECTURE_NAMES, SaeConfig, create_sae  # noqa: E402
+from workbench.sae.sparse_ops import dense_ragged  # noqa: E402
 
 CPU_SHAPE = {"d_in": 576, "d_sae": 4096, "k": 32, "batch": 2048}
 GPU_SHAPE = {"d_in": 576, "d_sae": 16384, "k": 32, "batch": 4096}
+WIDE_GPU_SHAPE = {"d_in": 2304, "d_sae": 65536, "k": 64, "batch": 4096}
+"""--gpu-shape wide: the kernels benchmark's training shape."""
+RAGGED = ("batchtopk", "jumprelu", "matryoshka")
+"""Architectures whose codes have no fixed k (ragged_decode); on GPU each also runs as
+`<arch>/dense-ragged`, its decode through a dense code and a matmul instead of the kernels."""
 
 
-def make_step(arch: str, shape: dict, device: torch.device):
-    """A closure running one full training step of a fresh `arch` SAE on a fixed batch."""
+def make_step(name: str, shape: dict, device: torch.device):
+    """A closure running one full training step of a fresh SAE on a fixed batch; `name` is an
+    architecture, or `<arch>/dense-ragged` for its ragged decode through the dense route."""
+    arch, _, variant = name.partition("/")
+    decode_route = dense_ragged if variant == "dense-ragged" else contextlib.nullcontext
     k = None if arch in ("relu", "jumprelu") else shape["k"]
     cfg = SaeConfig(arch, shape["d_in"], shape["d_sae"], k=k, l1_coefficient=1.0)
     sae = create_sae(cfg, device=device).train()
@@ -50,7 +65,7 @@ def make_step(arch: str, shape: dict, device: torch.device):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), decode_route():
             out = sae.training_step(x, dead_mask=dead)
         out.loss.backward()
         sae.remove_parallel_grad()
@@ -83,7 +98,7 @@ def measure(device: torch.device, shape: dict, steps: int, warmup: int, archs) -
         best, median = min(times[arch]), statistics.median(times[arch])
         rows[arch] = {"best_step_s": best, "median_step_s": median, "tokens_per_s": shape["batch"] / best,
                       "steps_timed": len(times[arch])}
-        print(f"  {device.type:<5}{arch:<19}{best * 1e3:10.1f} ms (median {median * 1e3:.1f}){shape['batch'] / best:14,.0f} tok/s",
+        print(f"  {device.type:<5}{arch:<25}{best * 1e3:10.1f} ms (median {median * 1e3:.1f}){shape['batch'] / best:14,.0f} tok/s",
               flush=True)
     return rows
 
@@ -95,6 +110,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--archs", nargs="*", default=list(ARCHITECTURE_NAMES))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--gpu-only", action="store_true", help="with --gpu: skip the CPU measurement")
+    parser.add_argument("--gpu-shape", choices=["default", "wide"], default="default",
+                        help="wide: d_in 2304, d_sae 65536, k 64 (the kernels benchmark's training shape)")
+    parser.add_argument("--no-sparsify", action="store_true", help="with --gpu: skip bench/train_step_gpu.py")
     parser.add_argument("--out", default=None, help="results folder (default $OUT or bench/results)")
     args = parser.parse_args()
     if args.threads:
@@ -105,26 +124,32 @@ def main() -> None:
     record = {"machine": {"cpu": machine, "threads": torch.get_num_threads(), "torch": torch.__version__},
               "step": "training_step + backward + parallel-grad removal + Adam + decoder renorm, AuxK on",
               "cpu": {"shape": CPU_SHAPE, "dtype": "float32", "results": {}}}
-    print(f"SAE training step, CPU ({torch.get_num_threads()} threads), shape {CPU_SHAPE}")
-    record["cpu"]["results"] = measure(torch.device("cpu"), CPU_SHAPE, args.steps, args.warmup, args.archs)
     name = "train-cpu.json"
+    if not (args.gpu and args.gpu_only):
+        print(f"SAE training step, CPU ({torch.get_num_threads()} threads), shape {CPU_SHAPE}")
+        record["cpu"]["results"] = measure(torch.device("cpu"), CPU_SHAPE, args.steps, args.warmup, args.archs)
+    else:
+        del record["cpu"]
     if args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu needs CUDA")
         gpu = torch.cuda.get_device_name(0)
-        print(f"SAE training step, {gpu}, shape {GPU_SHAPE}, fp32 parameters + bf16 autocast")
-        record["gpu"] = {"device": gpu, "shape": GPU_SHAPE, "dtype": "fp32 + bf16 autocast",
-                         "results": measure(torch.device("cuda"), GPU_SHAPE, args.steps * 3, args.warmup * 2, args.archs)}
-        name = "train-" + ("h200" if "H200" in gpu else "gpu") + ".json"
-        import train_step_gpu  # bench/train_step_gpu.py (the kernels engineer's), beside this file
+        shape = WIDE_GPU_SHAPE if args.gpu_shape == "wide" else GPU_SHAPE
+        archs = list(args.archs) + [f"{arch}/dense-ragged" for arch in args.archs if arch in RAGGED]
+        print(f"SAE training step, {gpu}, shape {shape}, fp32 parameters + bf16 autocast")
+        record["gpu"] = {"device": gpu, "shape": shape, "dtype": "fp32 + bf16 autocast",
+                         "results": measure(torch.device("cuda"), shape, args.steps * 3, args.warmup * 2, archs)}
+        name = "train-" + ("h200" if "H200" in gpu else "gpu") + ("-wide" if args.gpu_shape == "wide" else "") + ".json"
+        if not args.no_sparsify:
+            import train_step_gpu  # bench/train_step_gpu.py (the kernels engineer's), beside this file
 
-        record["topk_vs_sparsify"] = train_step_gpu.run(out_dir)
+            record["topk_vs_sparsify"] = train_step_gpu.run(out_dir)
     path = out_dir / name
     path.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\n{'device':<7}{'architecture':<19}{'best step':>13}{'median':>12}{'tokens/s':>14}")
+    print(f"\n{'device':<7}{'architecture':<25}{'best step':>13}{'median':>12}{'tokens/s':>14}")
     for section in ("cpu", "gpu"):
         for arch, row in record.get(section, {}).get("results", {}).items():
-            print(f"{section:<7}{arch:<19}{row['best_step_s'] * 1e3:10.1f} ms{row['median_step_s'] * 1e3:9.1f} ms"
+            print(f"{section:<7}{arch:<25}{row['best_step_s'] * 1e3:10.1f} ms{row['median_step_s'] * 1e3:9.1f} ms"
                   f"{row['tokens_per_s']:14,.0f}")
     print(f"wrote {path}")
 

@@ -25,7 +25,7 @@ from workbench.kernels.decode import reference as decode_reference
 from workbench.kernels.encode import op as encode_op
 from workbench.kernels.encode import reference as encode_reference
 
-from kernel_checks import assert_close, assert_valid_topk, noncontiguous
+from kernel_checks import RTOL, assert_close, assert_valid_topk, noncontiguous
 
 pytestmark = [
     pytest.mark.gpu,
@@ -270,6 +270,40 @@ def test_packed_decoder_real_shape(monkeypatch):
             assert getattr(W, packed._ATTRIBUTE)[0][-1] == W._version  # the copy of this version
     assert not hasattr(W, packed._ATTRIBUTE)
     assert decode_kernels.GATHER_TILES_PACKED.chosen and not decode_kernels.GATHER_TILES_PACKED.rejected
+
+
+def test_ragged_decode_real_shape():
+    # BatchTopK codes (k per token on average, rows uneven) at the training-step shape, fp32
+    # weights under bf16 autocast, through the kernel route (codes padded to the longest row),
+    # against fp32 products of the same values: outputs and all gradients. (The kernels read
+    # fp32 W exactly, except d vals, which uses W rounded to bf16 as autocast would.)
+    from workbench.sae.batchtopk import batch_topk_entries
+    from workbench.sae.sparse_ops import kernel_ragged_decode
+
+    generator = torch.Generator(device=CUDA).manual_seed(5)
+    n_rows, n_latents, width, k = AUX["n_rows"], AUX["n_latents"], AUX["width"], 64
+    pre = torch.randn(n_rows, n_latents, device=CUDA, generator=generator).to(torch.bfloat16)
+    rows, cols, vals = batch_topk_entries(pre, k)
+    del pre
+    W = torch.randn(n_latents, width, device=CUDA, generator=generator) / 48
+    b = torch.randn(width, device=CUDA, generator=generator)
+    grad_y = torch.randn(n_rows, width, device=CUDA, generator=generator).to(torch.bfloat16)
+    leaves = [vals.detach().clone().requires_grad_(), W.clone().requires_grad_(), b.clone().requires_grad_()]
+    poison_allocator()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = kernel_ragged_decode(rows, cols, leaves[0], n_rows, leaves[1], leaves[2])
+    y.backward(grad_y)
+    codes = torch.zeros(n_rows, n_latents, device=CUDA).index_put((rows, cols), vals.float())
+    g = grad_y.float()
+    want = {
+        "y": (codes @ W + b).to(torch.bfloat16),
+        "d vals": (g @ W.to(torch.bfloat16).float().T)[rows, cols].to(torch.bfloat16),
+        "d W_dec": codes.T @ g,
+        "d b_dec": g.sum(0),
+    }
+    got = {"y": y.detach(), "d vals": leaves[0].grad, "d W_dec": leaves[1].grad, "d b_dec": leaves[2].grad}
+    for name, value in want.items():
+        assert_close(got[name].float(), value.float(), f"ragged: {name}", rtol=RTOL[torch.bfloat16])
 
 
 def test_selection_matches_a_plain_autocast_topk():

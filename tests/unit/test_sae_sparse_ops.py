@@ -69,3 +69,20 @@ def test_ragged_decode_equals_dense_matmul():
     rows, cols = codes.nonzero(as_tuple=True)
     out = ragged_decode(rows, cols, codes[rows, cols], 6, W, torch.ones(4))
     assert torch.allclose(out, codes @ W + 1, atol=1e-5)
+
+
+def test_ragged_codes_take_the_kernels_wherever_sparse_decode_does(monkeypatch):
+    # The route follows sparse_decode's choice, including after its kernel passed the
+    # first-use check ("verified"), which once sent every ragged decode to the dense route.
+    from workbench.sae import sparse_ops
+
+    vals = torch.ones(3)
+    W_dec = torch.empty(512, 64)  # 2 x 4096 rows x 512 x 64 = 0.27 GFLOP of dense decode
+    monkeypatch.setattr(sparse_ops, "RAGGED_KERNELS_MIN_FLOP", 2.5e8)
+    key = ("sparse_decode", "cpu", torch.float32)
+    for choice, route in (("kernels", "kernels"), ("verified", "kernels"), ("local", "dense")):
+        monkeypatch.setitem(sparse_ops._CHOICES, key, choice)
+        assert sparse_ops.ragged_route(vals, 4096, W_dec) == route, choice
+        assert sparse_ops.ragged_route(vals, 2048, W_dec) == "dense"  # too small a decode to pay
+        with sparse_ops.dense_ragged():
+            assert sparse_ops.ragged_route(vals, 4096, W_dec) == "dense"

@@ -90,7 +90,7 @@ class JumpReluSAE(SparseAutoencoder):
         theta = self.theta()
         z = _JumpReLU.apply(pre, theta, self.cfg.jumprelu_bandwidth)
         rows, cols = z.detach().nonzero(as_tuple=True)
-        if z.device.type == "cpu" and rows.numel() < 0.05 * z.numel():
+        if rows.numel() < 0.05 * z.numel():  # sparse enough: the ragged decode (kernels on GPU)
             x_hat = ragged_decode(rows, cols, z[rows, cols], x.shape[0], self.W_dec, self.b_dec)
         else:
             x_hat = z @ self.W_dec + self.b_dec

@@ -14,7 +14,10 @@ acts / indices [N, k] (indices int64).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +122,86 @@ def local_sparse_decode(
     return out if b_dec is None else out + b_dec
 
 
+PAD_MULTIPLE = 32
+"""padded_codes rounds the longest row up to a multiple of this many slots."""
+
+
+def padded_codes(
+    rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n_rows: int, n_latents: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ragged entries [E] (rows ascending) -> (acts [n_rows, k_max], indices [n_rows, k_max] int64).
+
+    Each row's entries come first, in their order; the rest of the row is padding with
+    coefficient 0 at latent n_latents, out of the dictionary's range, which every
+    workbench.kernels decode kernel skips (no load, no gradient row). k_max is the largest
+    row count rounded up to a multiple of PAD_MULTIPLE (one host synchronisation): the
+    kernels tune their launch configs per k, and a k that changed every training step
+    would be tuned again every step. acts keep the autograd graph to vals.
+    """
+    counts = torch.bincount(rows, minlength=n_rows)
+    k_max = -(-int(counts.max()) // PAD_MULTIPLE) * PAD_MULTIPLE if rows.numel() else 0
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    indices = torch.full((n_rows, k_max), n_latents, dtype=torch.int64, device=rows.device)
+    indices[rows, slot] = cols.long()
+    acts = vals.new_zeros((n_rows, k_max)).index_put((rows, slot), vals)
+    return acts, indices
+
+
+def kernel_ragged_decode(rows, cols, vals, n_rows: int, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None):
+    """ragged_decode through the sparse-decode kernels: the entries padded to [N, k_max]
+    (`padded_codes`) and decoded by the `workbench::sparse_decode` op (autograd included;
+    its launchers take the padding's out-of-range latent, which the public op's input
+    check would refuse on CPU)."""
+    from workbench.kernels.decode import op as decode_op  # noqa: PLC0415 (optional sibling package)
+
+    # The dtype the dense route's matmul gives (the autocast dtype, else W_dec's): the op
+    # returns its codes' dtype.
+    device = W_dec.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else W_dec.dtype
+    acts, indices = padded_codes(rows, cols, vals.to(dtype), n_rows, W_dec.shape[0])
+    return decode_op.sparse_decode_op(acts, indices, W_dec, b_dec)
+
+
+def dense_ragged_decode(rows, cols, vals, n_rows: int, W_dec: torch.Tensor, b_dec: torch.Tensor | None = None):
+    """ragged_decode by a dense [n_rows, d_sae] code and one matmul (autocasts to bf16 on GPU)."""
+    dense = torch.zeros(n_rows, W_dec.shape[0], dtype=W_dec.dtype, device=W_dec.device)
+    dense = dense.index_put((rows, cols), vals.to(W_dec.dtype))
+    out = dense @ W_dec
+    return out if b_dec is None else out + b_dec
+
+
+_ragged_local = threading.local()
+
+
+@contextlib.contextmanager
+def dense_ragged() -> Iterator[None]:
+    """Inside the block, ragged_decode on GPU takes the dense route (benchmarks compare the two)."""
+    previous = getattr(_ragged_local, "dense", False)
+    _ragged_local.dense = True
+    try:
+        yield
+    finally:
+        _ragged_local.dense = previous
+
+
+RAGGED_KERNELS_MIN_FLOP = 4e11
+"""Below this many dense-decode FLOPs (2 x n_rows x d_sae x d_out) ragged codes take the dense
+route: measured on the H200 (bench/results/h200-run8, a whole BatchTopK / Matryoshka training
+step), the kernels' padding, host synchronisation and launches cost 3-7% more than the dense
+matmul at 4096 x 16384 x 576 (0.08 TFLOP) and saved 10% / 26% of the step at 4096 x 65536 x
+2304 (1.2 TFLOP)."""
+
+
+def ragged_route(vals: torch.Tensor, n_rows: int, W_dec: torch.Tensor) -> str:
+    """'kernels' where sparse_decode runs its kernel for vals' device and dtype (chosen, or
+    already verified on first use), the dense decode would cost at least
+    RAGGED_KERNELS_MIN_FLOP, and no `dense_ragged()` block is open; else 'dense'."""
+    if getattr(_ragged_local, "dense", False) or 2.0 * n_rows * W_dec.shape[0] * W_dec.shape[1] < RAGGED_KERNELS_MIN_FLOP:
+        return "dense"
+    return "dense" if _choose("sparse_decode", vals) == "local" else "kernels"
+
+
 def ragged_decode(
     rows: torch.Tensor,
     cols: torch.Tensor,
@@ -130,16 +213,21 @@ def ragged_decode(
     """Decode a variable number of active latents per row: entries (rows, cols, vals) [E],
     rows sorted ascending, into [n_rows, d_out] (+ b_dec). BatchTopK, JumpReLU and
     Matryoshka codes have no fixed k per token, so they come here instead of sparse_decode.
+
+    CPU: an embedding_bag over the entries. GPU: the sparse-decode kernels on the codes
+    padded to the longest row (checked against the dense route on first use, like every
+    kernel here) when the dense decode would be large enough for that to pay
+    (`ragged_route`), else a dense code and one matmul.
     """
     if rows.device.type == "cpu":
         counts = torch.bincount(rows, minlength=n_rows)
         offsets = torch.cumsum(counts, 0) - counts
         out = F.embedding_bag(cols, W_dec, offsets, per_sample_weights=vals.to(W_dec.dtype), mode="sum")
-    else:
-        dense = torch.zeros(n_rows, W_dec.shape[0], dtype=W_dec.dtype, device=W_dec.device)
-        dense = dense.index_put((rows, cols), vals.to(W_dec.dtype))
-        out = dense @ W_dec
-    return out if b_dec is None else out + b_dec
+        return out if b_dec is None else out + b_dec
+    if rows.numel() and ragged_route(vals, n_rows, W_dec) == "kernels":
+        return _verified("ragged_decode", vals, kernel_ragged_decode, dense_ragged_decode,
+                         [rows, cols, vals, n_rows, W_dec, b_dec], canonical=lambda y: y)
+    return dense_ragged_decode(rows, cols, vals, n_rows, W_dec, b_dec)
 
 
 def local_topk_encode(
