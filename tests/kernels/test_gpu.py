@@ -306,6 +306,48 @@ def test_ragged_decode_real_shape():
         assert_close(got[name].float(), value.float(), f"ragged: {name}", rtol=RTOL[torch.bfloat16])
 
 
+def test_batchtopk_candidate_route_real_shape():
+    # A BatchTopK training step at the kernels' training shape (fp32 parameters, bf16
+    # autocast, AuxK on) through the GPU route (each token's 4k best from topk_encode, ragged
+    # decode by the kernels) against the dense route: the same selection, loss and gradients
+    # to bf16 precision (the dense route rounds W_dec to bf16 in its matmuls).
+    from workbench.sae import SaeConfig, create_sae
+    from workbench.sae import batchtopk
+    from workbench.sae.sparse_ops import dense_ragged
+
+    answers = []
+    real = batchtopk.batch_topk_from_candidates
+    torch.manual_seed(0)
+    x = torch.randn(4096, 2304, device=CUDA)
+    dead = torch.arange(65536, device=CUDA) % 5 == 0
+    results = []
+    for route in ("candidates", "dense"):
+        sae = create_sae(SaeConfig("batchtopk", 2304, 65536, k=64), device=CUDA, seed=0)
+        sae.initialize_from_data(x)
+        context = dense_ragged() if route == "dense" else torch.autocast("cuda", enabled=False)
+        with context, torch.autocast("cuda", dtype=torch.bfloat16):
+            batchtopk.batch_topk_from_candidates = lambda *a: answers.append(real(*a)) or answers[-1]
+            try:
+                out = sae.training_step(x, dead_mask=dead)
+            finally:
+                batchtopk.batch_topk_from_candidates = real
+        out.loss.backward()
+        results.append((out, {n: p.grad.float() for n, p in sae.named_parameters() if p.grad is not None}))
+        del sae
+    (cand, cand_grads), (dense, dense_grads) = results
+    assert len(answers) == 1 and answers[0] is not None  # the candidate route ran, without falling back
+    assert torch.equal(cand.fired, dense.fired)  # the same latents selected
+    assert_close(cand.loss.float().reshape(1), dense.loss.float().reshape(1), "loss", rtol=RTOL[torch.bfloat16])
+    # Whole-tensor relative errors: the two routes round different products to bf16 (single
+    # elements of x_hat near zero differ by a few bf16 steps of the largest ones).
+    tensors = {"x_hat": (cand.x_hat.float(), dense.x_hat.float())}
+    tensors.update({f"d {name}": (cand_grads[name], dense_grads[name]) for name in dense_grads})
+    for name, (got, want) in tensors.items():
+        error = float((got - want).norm() / want.norm().clamp_min(1e-30))
+        assert error < 2e-2, f"{name}: relative error {error:.3g}"
+    assert cand_grads.keys() == dense_grads.keys()
+
+
 def test_selection_matches_a_plain_autocast_topk():
     # workbench.sae checks the kernel against its own torch version on first use (b_enc = 0
     # at initialisation) and drops the kernel if any selected latent differs: the fast

@@ -29,7 +29,8 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def training_step(self, x, target=None, *, dead_mask=None, sparsity_scale=1.0):
         target = x if target is None else target
-        pre, rows, cols, vals = self.selected_entries(x)
+        k_aux, num_dead = self.aux_k_for(dead_mask)
+        rows, cols, vals, aux_vals, aux_idx = self.selected_entries(x, dead_mask, k_aux)
         x_hat = self.b_dec.expand(x.shape[0], -1)
         prefix_losses = []
         start = 0
@@ -41,7 +42,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         recon = torch.stack(prefix_losses).mean()
         loss = recon
         terms = {"mse": prefix_losses[-1].detach(), "prefix_mse_mean": recon.detach()}
-        loss, terms = self._add_auxk(loss, terms, pre, target, x_hat, dead_mask)
+        loss, terms = self._add_auxk(loss, terms, aux_vals, aux_idx, num_dead, target, x_hat)
         return self._output(loss, x_hat, x.shape[0], cols, vals, terms)
 
     def forward_prefix(self, x: torch.Tensor, width: int) -> torch.Tensor:

@@ -176,7 +176,8 @@ _ragged_local = threading.local()
 
 @contextlib.contextmanager
 def dense_ragged() -> Iterator[None]:
-    """Inside the block, ragged_decode on GPU takes the dense route (benchmarks compare the two)."""
+    """Inside the block, ragged codes on GPU take the dense routes: ragged_decode's matmul, and
+    BatchTopK's selection from the full pre-activations (benchmarks compare the two)."""
     previous = getattr(_ragged_local, "dense", False)
     _ragged_local.dense = True
     try:
@@ -193,13 +194,20 @@ matmul at 4096 x 16384 x 576 (0.08 TFLOP) and saved 10% / 26% of the step at 409
 2304 (1.2 TFLOP)."""
 
 
+def kernels_pay(op: str, tensor: torch.Tensor, n_rows: int, W_dec: torch.Tensor) -> bool:
+    """True where `op` runs its kernel for tensor's device and dtype (chosen, or already
+    verified on first use), the dense decode of n_rows rows would cost at least
+    RAGGED_KERNELS_MIN_FLOP, and no `dense_ragged()` block is open."""
+    if getattr(_ragged_local, "dense", False):
+        return False
+    if 2.0 * n_rows * W_dec.shape[0] * W_dec.shape[1] < RAGGED_KERNELS_MIN_FLOP:
+        return False
+    return _choose(op, tensor) != "local"
+
+
 def ragged_route(vals: torch.Tensor, n_rows: int, W_dec: torch.Tensor) -> str:
-    """'kernels' where sparse_decode runs its kernel for vals' device and dtype (chosen, or
-    already verified on first use), the dense decode would cost at least
-    RAGGED_KERNELS_MIN_FLOP, and no `dense_ragged()` block is open; else 'dense'."""
-    if getattr(_ragged_local, "dense", False) or 2.0 * n_rows * W_dec.shape[0] * W_dec.shape[1] < RAGGED_KERNELS_MIN_FLOP:
-        return "dense"
-    return "dense" if _choose("sparse_decode", vals) == "local" else "kernels"
+    """'kernels' or 'dense' for ragged_decode (`kernels_pay` for sparse_decode)."""
+    return "kernels" if kernels_pay("sparse_decode", vals, n_rows, W_dec) else "dense"
 
 
 def ragged_decode(
