@@ -6,8 +6,9 @@
     python bench/train.py --gpu --gpu-only --gpu-shape wide --no-sparsify   # CUDA alone, d_in 2304, d_sae 65536
 
 On CUDA the ragged architectures (BatchTopK, JumpReLU, Matryoshka) also run as
-`<arch>/dense-ragged`: the same step with their decode through a dense code and a matmul
-instead of the sparse-decode kernels (`workbench.sae.sparse_ops.ragged_decode`).
+`<arch>/dense-ragged`: the same step with their decode (and BatchTopK's selection) through
+dense tensors instead of the sparse kernels (`workbench.sae.sparse_ops.ragged_decode`).
+`--archs jumprelu@k` is a JumpReLU with thresholds giving about k active latents per token.
 
 One step = `training_step` (forward and loss, AuxK on with 10% of the latents dead) +
 backward + removal of the decoder gradient's parallel part + Adam + decoder renormalisation:
@@ -49,8 +50,12 @@ RAGGED = ("batchtopk", "jumprelu", "matryoshka")
 
 def make_step(name: str, shape: dict, device: torch.device):
     """A closure running one full training step of a fresh SAE on a fixed batch; `name` is an
-    architecture, or `<arch>/dense-ragged` for its ragged decode through the dense route."""
+    architecture, or `<arch>/dense-ragged` for its ragged decode through the dense route, and
+    `jumprelu@k` is a JumpReLU whose thresholds are set so that about k latents fire per token
+    (each latent on k / d_sae of the batch), the sparsity of a trained one: at its initial
+    thresholds half of the codes are active."""
     arch, _, variant = name.partition("/")
+    arch, _, sparsity = arch.partition("@")
     decode_route = dense_ragged if variant == "dense-ragged" else contextlib.nullcontext
     k = None if arch in ("relu", "jumprelu") else shape["k"]
     cfg = SaeConfig(arch, shape["d_in"], shape["d_sae"], k=k, l1_coefficient=1.0)
@@ -59,6 +64,12 @@ def make_step(name: str, shape: dict, device: torch.device):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(shape["batch"], shape["d_in"], generator=gen).to(device)
     sae.initialize_from_data(x)
+    if sparsity == "k":
+        with torch.no_grad():
+            pre = sae.center(x) @ sae.W_enc + sae.b_enc
+            fires = max(1, round(shape["batch"] * shape["k"] / shape["d_sae"]))
+            sae.threshold.copy_(pre.kthvalue(shape["batch"] - fires, dim=0).values)
+            del pre
     dead = (torch.arange(shape["d_sae"]) % 10 == 0).to(device)
 
     def step() -> float:
@@ -135,7 +146,7 @@ def main() -> None:
             raise SystemExit("--gpu needs CUDA")
         gpu = torch.cuda.get_device_name(0)
         shape = WIDE_GPU_SHAPE if args.gpu_shape == "wide" else GPU_SHAPE
-        archs = list(args.archs) + [f"{arch}/dense-ragged" for arch in args.archs if arch in RAGGED]
+        archs = list(args.archs) + [f"{arch}/dense-ragged" for arch in args.archs if arch.partition("@")[0] in RAGGED]
         print(f"SAE training step, {gpu}, shape {shape}, fp32 parameters + bf16 autocast")
         record["gpu"] = {"device": gpu, "shape": shape, "dtype": "fp32 + bf16 autocast",
                          "results": measure(torch.device("cuda"), shape, args.steps * 3, args.warmup * 2, archs)}
