@@ -16,16 +16,19 @@ and against that kernel and the dense matmul:
   cheap on the tensor cores.
 - BLOCKED: W_dec copied once into column-block-major layout [d_in / BLOCK_D, d_sae, BLOCK_D],
   so that one column block (the whole GPU's working set at a time) is one contiguous range,
-  and AHEAD > 0 prefetches slices of the column block AHEAD rounds ahead into L2 with
-  `prefetch.global.L2` (no data to the SMs): HBM is then read as a stream instead of as
-  random 128-256 byte segments (2.9 TB/s). An inference-only layout (a 1 GB copy at this
-  shape); timed here to see whether it can pay at all.
+  optionally with slices of a later column block prefetched into L2 (AHEAD rounds of the
+  persistent grid or AHEAD_BLOCKS column blocks ahead; one `prefetch.global.L2` per line,
+  or with BULK one TMA `cp.async.bulk.prefetch.L2` per slice; no data to the SMs), so that
+  HBM is read as a stream instead of as random 128-256 byte segments (2.9 TB/s). An
+  inference-only layout (a 1 GB copy at this shape); timed here to see whether it can pay.
 
-Each variant is checked against an fp32 reference before it is timed. Also at a table that
-fits in L2 (d_sae 16384, d_in 1024), which gives each kernel's gather rate from L2.
+Each variant is checked against an fp32 reference before it is timed. The `designs`,
+`prefetch` and `fit` sets also run at a table that fits in L2 (d_sae 16384, d_in 1024),
+which gives each kernel's gather rate from L2; `packed` and `occupancy` at N 16384 instead.
+Results of the five sets on the H200: bench/results/h200-run6/, bench/README.md.
 
-    python bench/decode_gather_probe.py --out DIR     # GPU: table + decode-gather-probe.json
-    python bench/decode_gather_probe.py --compile     # no GPU: compile every variant for sm_90
+    python bench/decode_gather_probe.py --set designs|packed|occupancy|prefetch|fit --out DIR
+    python bench/decode_gather_probe.py --set packed --compile   # no GPU: sm_90 registers per variant
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ def _probe_kernel(
     coef_ptr, idx_ptr, table_ptr, out_ptr, table_address,
     N, K, M, D, n_row_tiles, n_items, ahead_items,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SLOTS: tl.constexpr, STAGES: tl.constexpr,
-    MMA: tl.constexpr, BLOCKED: tl.constexpr, PREFETCH: tl.constexpr, PF_LINES: tl.constexpr, CARRY: tl.constexpr = False, KEEP: tl.constexpr = False,
+    MMA: tl.constexpr, BLOCKED: tl.constexpr, PREFETCH: tl.constexpr, PF_LINES: tl.constexpr,
+    CARRY: tl.constexpr = False, KEEP: tl.constexpr = False,
 ):
     # coef, idx: [N, K] contiguous; out: [N, D] contiguous; table: [M, D] row-major, or
     # [D / BLOCK_D, M, BLOCK_D] contiguous when BLOCKED.

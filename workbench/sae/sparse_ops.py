@@ -25,6 +25,10 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 _CHOICES: dict[tuple, str] = {}
+"""(op, device type, dtype) -> 'kernels' or 'local' (a kernel that fails its first-use check
+turns its key to 'local')."""
+_VERIFIED: set[tuple] = set()
+"""The keys whose kernel passed its first-use check."""
 
 
 def _choose(op: str, tensor: torch.Tensor) -> str:
@@ -86,14 +90,14 @@ def _verified(op: str, tensor: torch.Tensor, fast, slow, inputs: list, canonical
     dropped for the local version with a warning: a training run on a new machine must not
     die or drift on a kernel bug."""
     key = (op, tensor.device.type, tensor.dtype)
-    if _CHOICES.get(key) == "verified":
+    if key in _VERIFIED:
         return fast(*inputs)
     try:
         ok, detail = _first_use_check(fast, slow, inputs, canonical)
     except Exception as error:  # noqa: BLE001 (any kernel failure means: use the local path)
         ok, detail = False, f"{type(error).__name__}: {error}"
     if ok:
-        _CHOICES[key] = "verified"
+        _VERIFIED.add(key)
         log.info("sae: the %s kernel on %s/%s passed its first-use check", op, key[1], key[2])
         return fast(*inputs)
     log.warning("sae: the %s kernel on %s/%s failed its first-use check (%s); using the local version",
@@ -195,8 +199,8 @@ matmul at 4096 x 16384 x 576 (0.08 TFLOP) and saved 10% / 26% of the step at 409
 
 
 def kernels_pay(op: str, tensor: torch.Tensor, n_rows: int, W_dec: torch.Tensor) -> bool:
-    """True where `op` runs its kernel for tensor's device and dtype (chosen, or already
-    verified on first use), the dense decode of n_rows rows would cost at least
+    """True where `op` runs its kernel for tensor's device and dtype (not dropped after a failed
+    first-use check), the dense decode of n_rows rows would cost at least
     RAGGED_KERNELS_MIN_FLOP, and no `dense_ragged()` block is open."""
     if getattr(_ragged_local, "dense", False):
         return False
@@ -322,7 +326,7 @@ def _verified_in_place(op: str, target: torch.Tensor, fast, slow) -> torch.Tenso
     dtype) both run from the same input and must agree (1e-4 of the largest magnitude: both
     compute in fp32); a kernel that raises or disagrees is dropped for the local version."""
     key = (op, target.device.type, target.dtype)
-    if _CHOICES.get(key) == "verified":
+    if key in _VERIFIED:
         return fast()
     original = target.clone()
     try:
@@ -337,7 +341,7 @@ def _verified_in_place(op: str, target: torch.Tensor, fast, slow) -> torch.Tenso
         diff = float((by_kernel.float() - target.float()).abs().max()) if target.numel() else 0.0
         scale = float(target.float().abs().max()) if target.numel() else 0.0
         if diff <= 1e-4 * max(scale, 1e-6):
-            _CHOICES[key] = "verified"
+            _VERIFIED.add(key)
             log.info("sae: the %s kernel on %s/%s passed its first-use check", op, key[1], key[2])
             return target
         error = f"max abs diff {diff:.3g} (scale {scale:.3g})"

@@ -128,10 +128,11 @@ def packed_table(W: torch.Tensor, n_rows: int, check_room=_room_for) -> torch.Te
     release(W)  # a copy of an older state: free it before making the new one
     if not check_room(W):
         return None
-    setattr(W, _ATTRIBUTE, (identity, pack_rows(W)))
+    copy = pack_rows(W)
+    setattr(W, _ATTRIBUTE, (identity, copy))
     if _scopes():
         _scopes()[-1].append(weakref.ref(W))
-    return getattr(W, _ATTRIBUTE)[1]
+    return copy
 
 
 def release(W: torch.Tensor) -> None:
@@ -145,4 +146,4 @@ def drop_stale(W: torch.Tensor) -> None:
     the copy must not hold a second W_dec's memory through training)."""
     state = getattr(W, _ATTRIBUTE, None)
     if state is not None and state[0] != _identity(W):
-        delattr(W, _ATTRIBUTE)
+        release(W)
