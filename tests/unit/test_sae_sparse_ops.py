@@ -86,3 +86,24 @@ def test_ragged_codes_take_the_kernels_wherever_sparse_decode_does(monkeypatch):
         assert sparse_ops.ragged_route(vals, 2048, W_dec) == "dense"  # too small a decode to pay
         with sparse_ops.dense_ragged():
             assert sparse_ops.ragged_route(vals, 4096, W_dec) == "dense"
+
+
+def test_a_kernel_that_failed_its_check_is_not_checked_again(monkeypatch, caplog):
+    # ragged_decode is gated by sparse_decode's choice, so its own failed check must stick:
+    # one warning, then the local version without checking again.
+    from workbench.sae import sparse_ops
+
+    monkeypatch.setattr(sparse_ops, "_CHOICES", {})
+    monkeypatch.setattr(sparse_ops, "_VERIFIED", set())
+    calls = []
+
+    def broken(x):
+        calls.append(1)
+        return x * 2
+
+    x = torch.ones(3)
+    for _ in range(3):
+        out = sparse_ops._verified("probe", x, broken, lambda t: t, [x], canonical=lambda y: y)
+        assert torch.equal(out, x)
+    assert len(calls) == 1
+    assert sum("failed its first-use check" in r.message for r in caplog.records) == 1

@@ -92,6 +92,8 @@ def _verified(op: str, tensor: torch.Tensor, fast, slow, inputs: list, canonical
     key = (op, tensor.device.type, tensor.dtype)
     if key in _VERIFIED:
         return fast(*inputs)
+    if _CHOICES.get(key) == "local":
+        return slow(*inputs)  # dropped after a failed check (ragged_decode's gate is sparse_decode's choice)
     try:
         ok, detail = _first_use_check(fast, slow, inputs, canonical)
     except Exception as error:  # noqa: BLE001 (any kernel failure means: use the local path)
@@ -328,6 +330,8 @@ def _verified_in_place(op: str, target: torch.Tensor, fast, slow) -> torch.Tenso
     key = (op, target.device.type, target.dtype)
     if key in _VERIFIED:
         return fast()
+    if _CHOICES.get(key) == "local":
+        return slow()  # dropped after a failed check (the callers gate on "row_upkeep", not on op)
     original = target.clone()
     try:
         fast()
